@@ -1,0 +1,225 @@
+"""Tests of the EMPG transform: golden values, METHOD §3 invariants (hypothesis), loop reference, duplicates."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from empg.algos import empg_transform, empg_transform_with_stats
+
+
+def loop_empg(adv, ent, traj, step, *, k=1.0, k_next=1.0, zeta=0.1, use_scaling=True, use_bonus=True,
+              final_norm="mean", eps=1e-8):  # fmt: skip
+    """Slow per-step reference in plain Python (rows assumed unique)."""
+    n = len(adv)
+    lo, hi = min(ent), max(ent)
+    h = [(x - lo) / (hi - lo + eps) for x in ent]
+    w = [math.exp(-k * x) for x in h]
+    mean_w = sum(w) / n
+    g = [x / (mean_w + eps) if use_scaling else 1.0 for x in w]
+    row_of = {(traj[i], step[i]): i for i in range(n)}
+    a_mod = []
+    for i in range(n):
+        j = row_of.get((traj[i], step[i] + 1))
+        f = math.exp(-k_next * h[j]) if j is not None else 0.0
+        a_mod.append(g[i] * adv[i] + (zeta if use_bonus else 0.0) * f)
+    mean = sum(a_mod) / n
+    if final_norm == "none":
+        return a_mod
+    if final_norm == "mean":
+        return [x - mean for x in a_mod]
+    if final_norm == "mean_std":
+        std = math.sqrt(sum((x - mean) ** 2 for x in a_mod) / n)
+        return [(x - mean) / (std + eps) for x in a_mod]
+    per_traj: dict[int, list[float]] = {}
+    for i in range(n):
+        per_traj.setdefault(traj[i], []).append(a_mod[i])
+    shift = sum(sum(v) / len(v) for v in per_traj.values()) / len(per_traj)
+    return [x - shift for x in a_mod]
+
+
+def T(x, dtype=torch.float64):  # noqa: N802
+    return torch.tensor(x, dtype=dtype)
+
+
+def L(x):  # noqa: N802
+    return torch.tensor(x, dtype=torch.long)
+
+
+def test_golden_two_trajectories():
+    # traj 0: steps 0, 1 with A = +1, H = 0, 1; traj 1: steps 0, 1 with A = -1, H = 0, 1 (rows shuffled)
+    # h = [0, 1, 0, 1] (1 / (1 + 1e-8) ~ 1); exp(-h) = [1, e^-1, 1, e^-1]; mean = (1 + e^-1) / 2 = 0.683940
+    # g(H=0) = 2 / (1 + e^-1) = 1.462117; g(H=1) = 2 e^-1 / (1 + e^-1) = 0.537883
+    # f: step 0 of each traj -> next step has h = 1 -> e^-1 = 0.367879; last steps -> 0
+    # a_mod = [1.462117 + 0.0367879, 0.537883, -1.462117 + 0.0367879, -0.537883]
+    #       = [1.498905, 0.537883, -1.425329, -0.537883]; mean = 0.0735759 / 4 = 0.018394
+    e = math.exp(-1)
+    g0, g1 = 2 / (1 + e), 2 * e / (1 + e)
+    a_mod = [g0 + 0.1 * e, g1, -g0 + 0.1 * e, -g1]
+    mean = sum(a_mod) / 4
+    expected = [x - mean for x in a_mod]
+    assert abs(expected[0] - 1.480511) < 1e-5 and abs(expected[3] + 0.556277) < 1e-5
+    order = [2, 0, 3, 1]  # any row order
+    adv, ent, traj, step = T([1, 1, -1, -1]), T([0, 1, 0, 1]), L([0, 0, 1, 1]), L([0, 1, 0, 1])
+    out, st_ = empg_transform_with_stats(adv[order], ent[order], traj[order], step[order])
+    torch.testing.assert_close(out, T(expected)[order], atol=1e-7, rtol=0)
+    torch.testing.assert_close(st_.g, T([g0, g1, g0, g1])[order], atol=1e-7, rtol=0)
+    torch.testing.assert_close(st_.f, T([e, 0, e, 0])[order], atol=1e-7, rtol=0)
+    assert st_.has_next.tolist() == [bool(x) for x in T([1, 0, 1, 0])[order].tolist()]
+    torch.testing.assert_close(st_.a_mod, T(a_mod)[order], atol=1e-7, rtol=0)
+
+
+def test_golden_final_norm_variants():
+    # traj 5: 3 steps, A = -1, H = 0 each -> h = 0, g = 1, f = 1 for steps 0, 1; traj 9: 1 step, A = +2, H = 0
+    # a_mod = [-1 + 0.1, -1 + 0.1, -1, 2] = [-0.9, -0.9, -1, 2]
+    # "mean": mean = -0.8 / 4 = -0.2 -> [-0.7, -0.7, -0.8, 2.2]
+    # "traj_mean": traj means -14/15 = -0.933333 and 2 -> shift (-0.933333 + 2) / 2 = 0.533333
+    # "mean_std": centred [-0.7, -0.7, -0.8, 2.2], population std sqrt((0.49 + 0.49 + 0.64 + 4.84) / 4) = 1.270827
+    args = (T([-1, -1, -1, 2]), T([0.5, 0.5, 0.5, 0.5]), L([5, 5, 5, 9]), L([0, 1, 2, 0]))
+    torch.testing.assert_close(empg_transform(*args, final_norm="none"), T([-0.9, -0.9, -1, 2]), atol=1e-7, rtol=0)
+    torch.testing.assert_close(empg_transform(*args), T([-0.7, -0.7, -0.8, 2.2]), atol=1e-7, rtol=0)
+    shift = (-2.8 / 3 + 2) / 2
+    torch.testing.assert_close(
+        empg_transform(*args, final_norm="traj_mean"), T([-0.9, -0.9, -1, 2]) - shift, atol=1e-7, rtol=0
+    )
+    std = math.sqrt((0.49 + 0.49 + 0.64 + 4.84) / 4)
+    torch.testing.assert_close(
+        empg_transform(*args, final_norm="mean_std"), T([-0.7, -0.7, -0.8, 2.2]) / std, atol=1e-6, rtol=0
+    )
+
+
+def test_ablation_switches_and_dtype():
+    adv, ent, traj, step = T([1, 1, -1]), T([0.0, 2.0, 1.0]), L([0, 0, 1]), L([0, 1, 0])
+    plain = empg_transform(adv, ent, traj, step, use_scaling=False, use_bonus=False, final_norm="none")
+    torch.testing.assert_close(plain, adv)  # both off: the base advantage untouched
+    _, st_ = empg_transform_with_stats(adv, ent, traj, step, use_scaling=False)
+    assert torch.equal(st_.g, torch.ones(3, dtype=torch.float64))
+    f_only = empg_transform(adv.float(), ent.float(), traj, step, use_scaling=False, final_norm="none")
+    # h = [0, 1, 0.5]: step (0, 0) gets bonus 0.1 * exp(-1) = 0.0367879
+    torch.testing.assert_close(f_only, torch.tensor([1.0367879, 1.0, -1.0]), atol=1e-6, rtol=0)
+    assert f_only.dtype == torch.float32
+
+
+def test_single_step_and_gaps():
+    out, st_ = empg_transform_with_stats(T([3.0]), T([1.7]), L([4]), L([0]))
+    assert out.tolist() == [0.0] and abs(float(st_.g[0]) - 1) < 1e-6 and st_.f.tolist() == [0.0]
+    # step 1 is missing: step 0 has no next row, so no bonus (the next step is exactly step_idx + 1)
+    _, st_ = empg_transform_with_stats(T([1.0, 1.0]), T([1.0, 1.0]), L([0, 0]), L([0, 2]))
+    assert st_.has_next.tolist() == [False, False]
+
+
+def test_duplicates_dedupe_and_conflict():
+    adv, ent, traj, step = T([1, 1, -1, -1]), T([0.2, 1.0, 0.4, 3.0]), L([0, 0, 1, 1]), L([0, 1, 0, 1])
+    ref = empg_transform(adv, ent, traj, step)
+    dup = [0, 1, 2, 3, 1, 1, 3]  # rows 1 and 3 repeated
+    out = empg_transform(adv[dup], ent[dup], traj[dup], step[dup])
+    torch.testing.assert_close(out, ref[dup])
+    bad_ent = torch.cat([ent, T([0.9])])
+    with pytest.raises(ValueError, match="disagree on their step entropy"):
+        empg_transform(torch.cat([adv, T([1])]), bad_ent, torch.cat([traj, L([0])]), torch.cat([step, L([1])]))
+    with pytest.raises(ValueError, match="disagree on their advantage"):
+        empg_transform(torch.cat([adv, T([5])]), torch.cat([ent, T([1.0])]), torch.cat([traj, L([0])]),
+                       torch.cat([step, L([1])]))  # fmt: skip
+
+
+def test_bad_inputs():
+    ok = (T([1.0, 2.0]), T([0.1, 0.2]), L([0, 0]), L([0, 1]))
+    with pytest.raises(ValueError, match="NaN"):
+        empg_transform(ok[0], T([0.1, float("nan")]), ok[2], ok[3])
+    with pytest.raises(ValueError, match="final_norm"):
+        empg_transform(*ok, final_norm="std")
+    with pytest.raises(ValueError, match="1-D"):
+        empg_transform(ok[0], T([0.1]), ok[2], ok[3])
+    with pytest.raises(ValueError, match="integer"):
+        empg_transform(ok[0], ok[1], ok[2].double(), ok[3])
+    with pytest.raises(ValueError, match="at least one step"):
+        empg_transform(T([]), T([]), L([]), L([]))
+    with pytest.raises(ValueError, match=">= 0"):
+        empg_transform(*ok[:3], L([-1, 0]))
+
+
+@st.composite
+def batches(draw, equal_entropy=False):
+    n_traj = draw(st.integers(1, 6))
+    adv, ent, traj, step = [], [], [], []
+    for i in range(n_traj):
+        tid = draw(st.integers(0, 10_000))
+        if tid in traj:
+            continue
+        length = draw(st.integers(1, 7))
+        a = draw(st.floats(-3, 3, allow_subnormal=False))
+        for t in range(length):
+            adv.append(a)
+            ent.append(1.3 if equal_entropy else draw(st.floats(0, 5, allow_subnormal=False)))
+            traj.append(tid)
+            step.append(t)
+        del i
+    perm = draw(st.permutations(range(len(adv))))
+    return [adv[p] for p in perm], [ent[p] for p in perm], [traj[p] for p in perm], [step[p] for p in perm]
+
+
+@settings(max_examples=80, deadline=None)
+@given(b=batches(), norm=st.sampled_from(["mean", "mean_std", "none", "traj_mean"]), scaling=st.booleans(),
+       bonus=st.booleans(), k=st.floats(0.1, 3))  # fmt: skip
+def test_matches_loop_reference(b, norm, scaling, bonus, k):
+    adv, ent, traj, step = b
+    out = empg_transform(T(adv), T(ent), L(traj), L(step), k=k, k_next=k / 2, zeta=0.3, use_scaling=scaling,
+                         use_bonus=bonus, final_norm=norm)  # fmt: skip
+    ref = loop_empg(adv, ent, traj, step, k=k, k_next=k / 2, zeta=0.3, use_scaling=scaling, use_bonus=bonus,
+                    final_norm=norm)  # fmt: skip
+    torch.testing.assert_close(out, T(ref), atol=1e-9, rtol=1e-9)
+
+
+@settings(max_examples=80, deadline=None)
+@given(b=batches(), seed=st.integers(0, 10_000))
+def test_invariants(b, seed):
+    adv, ent, traj, step = T(b[0]), T(b[1]), L(b[2]), L(b[3])
+    out, s = empg_transform_with_stats(adv, ent, traj, step)
+    assert torch.isfinite(out).all()
+    assert abs(float(s.g.mean()) - 1.0) < 1e-6  # mean_S g = 1
+    assert abs(float(out.mean())) < 1e-9  # final_norm="mean" centres
+    order = torch.argsort(ent)  # g non-increasing in H
+    assert bool((s.g[order].diff() <= 1e-12).all())
+    last = torch.zeros_like(traj, dtype=torch.bool)  # each trajectory's last step: no next, no bonus
+    for tid in set(b[2]):
+        rows = (traj == tid).nonzero().squeeze(-1)
+        last[rows[step[rows].argmax()]] = True
+    assert torch.equal(~s.has_next, last)
+    assert bool((s.f[last] == 0).all()) and bool((s.f[~last] > 0).all())
+    perm = torch.randperm(len(b[0]), generator=torch.Generator().manual_seed(seed))  # row-order invariance
+    out_p = empg_transform(adv[perm], ent[perm], traj[perm], step[perm])
+    torch.testing.assert_close(out_p, out[perm], atol=1e-12, rtol=0)
+    dup = torch.cat([torch.arange(len(b[0])), perm[: max(1, len(b[0]) // 2)]])  # duplicates change nothing
+    out_d = empg_transform(adv[dup], ent[dup], traj[dup], step[dup])
+    torch.testing.assert_close(out_d, out[dup], atol=1e-12, rtol=0)
+    sparse = empg_transform(adv, ent, traj * 1_000_003 - 10**12, step)  # sort path: negative, sparse ids
+    torch.testing.assert_close(sparse, out, atol=1e-12, rtol=0)
+    tm = empg_transform(adv, ent, traj, step, final_norm="traj_mean")  # mean of trajectory means is 0
+    means = [float(tm[traj == tid].mean()) for tid in set(b[2])]
+    assert abs(sum(means) / len(means)) < 1e-9
+
+
+@settings(max_examples=40, deadline=None)
+@given(b=batches(equal_entropy=True))
+def test_equal_entropies_give_unit_g_and_f(b):
+    adv, ent, traj, step = T(b[0]), T(b[1]), L(b[2]), L(b[3])
+    out, s = empg_transform_with_stats(adv, ent, traj, step, final_norm="none")
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(s.g, torch.ones_like(s.g), atol=1e-6, rtol=0)
+    torch.testing.assert_close(s.f[s.has_next], torch.ones_like(s.f[s.has_next]))
+    torch.testing.assert_close(out, s.g * adv + 0.1 * s.has_next.double())
+
+
+def test_metrics_summary():
+    adv, ent, traj, step = T([1, 1, -1, -1]), T([0, 1, 0, 1]), L([0, 0, 1, 1]), L([0, 1, 0, 1])
+    _, s = empg_transform_with_stats(adv, ent, traj, step)
+    m = s.metrics(success=torch.tensor([True, True, False, False]))
+    e = math.exp(-1)
+    assert abs(m["empg/g_mean"] - 1) < 1e-7 and abs(m["empg/g_max"] - 2 / (1 + e)) < 1e-7
+    assert abs(m["empg/f_min"] - e) < 1e-7 and abs(m["empg/f_max"] - e) < 1e-7  # f only over steps with a next
+    # before: success steps (1.498905 + 0.537883) / 2 = 1.018394; after subtracting 0.018394 -> 1.0
+    assert abs(m["empg/adv_success_before"] - 1.018394) < 1e-5 and abs(m["empg/adv_success_after"] - 1.0) < 1e-6
