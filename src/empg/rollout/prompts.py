@@ -1,0 +1,155 @@
+"""ReAct prompts per environment family, action parsing and templated expert responses.
+
+The step prompt (one user message, in the spirit of verl-agent's templates) holds: the task, how many steps were
+taken, the last ``history`` (observation, action) pairs, the current observation, the admissible actions when the env
+lists them, and the required output format ``<think>…</think><action>…</action>``.
+
+Admissible lists can be long (ALFWorld rooms list dozens of ``go to``/``take`` actions): at most ``max_admissible``
+(default 50) are shown, in the env's order, followed by ``"… and K more"``; the env still accepts any valid action.
+
+Parsing (:func:`parse_action`): the action is the stripped, whitespace-collapsed text of the **first**
+``<action>…</action>`` span. The ``<think>`` part is not required. Missing/empty/unterminated/over-long actions give
+``None``: the rollout counts the step invalid (see :mod:`empg.rollout.collect`).
+"""
+
+from __future__ import annotations
+
+import re
+
+ACTION_RE = re.compile(r"<action>(.*?)</action>", re.DOTALL)
+STOP_STRING = "</action>"
+MAX_ACTION_CHARS = 300
+
+INTRO = {
+    "household": "You are an expert agent in a household environment.",
+    "shop": "You are an expert shopping agent in an online store.",
+    "search": "You are an expert research agent answering a question with a search engine.",
+}
+GENERIC_INTRO = "You are an expert agent in a text environment."
+ACTION_HINT = {
+    "search": "Actions: search[query] returns passages; answer[text] ends the episode with your answer.",
+}
+FORMAT = (
+    "First reason briefly inside <think> </think>. Then give exactly one action inside <action> </action>, "
+    "e.g. <think>...</think><action>...</action>"
+)
+
+
+def build_messages(
+    family: str,
+    task: str,
+    obs: str,
+    history: list[tuple[str, str]],
+    step: int,
+    admissible: list[str] | None,
+    *,
+    max_admissible: int = 50,
+) -> list[dict]:
+    """Chat messages of one ReAct step (a single user message).
+
+    Args:
+        family: template family (``env.family``: ``household`` | ``shop`` | ``search``; others get a generic intro).
+        task: the instruction (``info["task"]``).
+        obs: current observation.
+        history: the most recent (observation, action) pairs, oldest first (the caller slices the window).
+        step: number of steps already taken (0 at the first step).
+        admissible: the env's admissible actions, or None when it does not list them.
+        max_admissible: show at most this many admissible actions (then "… and K more").
+
+    Returns:
+        ``[{"role": "user", "content": text}]``.
+    """
+    lines = [INTRO.get(family, GENERIC_INTRO), f"Your task is to: {task.strip()}"]
+    if family in ACTION_HINT:
+        lines.append(ACTION_HINT[family])
+    if step == 0 or not history:
+        lines.append(f"You have taken {step} step(s).")
+    else:
+        lines.append(f"You have taken {step} step(s). Your last {len(history)} observation(s) and action(s):")
+        first = step - len(history) + 1
+        for i, (past_obs, past_action) in enumerate(history):
+            lines.append(f"[Observation {first + i}: {past_obs.strip()}]\n[Action {first + i}: {past_action.strip()}]")
+    lines.append(f"Current observation (step {step + 1}): {obs.strip()}")
+    if admissible is not None:
+        shown = admissible[:max_admissible]
+        more = f" ... and {len(admissible) - len(shown)} more" if len(admissible) > len(shown) else ""
+        lines.append("Admissible actions: " + ", ".join(f"'{a}'" for a in shown) + more)
+    lines.append(FORMAT)
+    return [{"role": "user", "content": "\n".join(lines)}]
+
+
+def parse_action(text: str) -> str | None:
+    """The action inside the first ``<action>…</action>`` of ``text``; None when absent, empty or too long.
+
+    Whitespace inside the action is collapsed to single spaces. Never raises (any input, including non-str, is
+    handled: non-str gives None).
+    """
+    if not isinstance(text, str):
+        return None
+    m = ACTION_RE.search(text)
+    if m is None:
+        return None
+    action = " ".join(m.group(1).split())
+    if not action or len(action) > MAX_ACTION_CHARS or "<action>" in action:
+        return None
+    return action
+
+
+def action_char_span(text: str) -> tuple[int, int] | None:
+    """Character span ``[start, end)`` of the content of the first ``<action>…</action>``, or None."""
+    m = ACTION_RE.search(text) if isinstance(text, str) else None
+    return (m.start(1), m.end(1)) if m else None
+
+
+def format_response(thought: str, action: str) -> str:
+    """The exact output format: ``<think>thought</think>\\n<action>action</action>``."""
+    return f"<think>{thought}</think>\n<action>{action}</action>"
+
+
+# ----------------------------------------------------------------------------- templated expert thoughts
+_HOUSEHOLD = [
+    (r"go to (.+)", "I should check {0} next."),
+    (r"open (.+)", "{0} is closed; I will open it."),
+    (r"close (.+)", "I am done with {0}; I will close it."),
+    (r"take (.+) from (.+)", "I found {0}; I will take it."),
+    (r"put (.+) in/on (.+)", "Now I can put {0} in/on {1}."),
+    (r"put (.+) (?:in|on) (.+)", "Now I can put {0} in/on {1}."),
+    (r"clean (.+) with (.+)", "{0} must be clean; I will clean it with {1}."),
+    (r"heat (.+) with (.+)", "{0} must be hot; I will heat it with {1}."),
+    (r"cool (.+) with (.+)", "{0} must be cool; I will cool it with {1}."),
+    (r"use (.+)", "I will turn on {0} to look at the object."),
+    (r"examine (.+)", "I will examine {0}."),
+    (r"look", "I will look around."),
+    (r"inventory", "I will check what I carry."),
+]
+_SHOP = [
+    (r"search\[(.*)\]", "I will search the store for the product."),
+    (r"click\[buy now\]", "This product matches the request; I will buy it."),
+    (r"click\[(?:next >|< prev)\]", "I will look at other results."),
+    (r"click\[back to search\]", "I will go back and search again."),
+    (r"click\[(?:description|features|reviews|attributes)\]", "I will read more about this product."),
+    (r"click\[(.*)\]", "I will select {0}."),
+]
+_SEARCH = [
+    (r"search\[(.*)\]", "I need more facts; I will search for {0}."),
+    (r"answer\[(.*)\]", "I have found the answer."),
+]
+THOUGHTS = {"household": _HOUSEHOLD, "shop": _SHOP, "search": _SEARCH}
+
+
+def expert_thought(family: str, action: str) -> str:
+    """A short templated thought for ``action``, chosen by the action's verb (a generic one when none matches)."""
+    for pattern, template in THOUGHTS.get(family, []):
+        m = re.fullmatch(pattern, action.strip(), flags=re.IGNORECASE)
+        if m:
+            return template.format(*m.groups())
+    return "I will take the next step."
+
+
+def expert_response(thought_family: str, action: str) -> str:
+    """An SFT target in the exact output format: templated thought + the expert ``action``.
+
+    >>> expert_response("household", "go to countertop 1")
+    '<think>I should check countertop 1 next.</think>\\n<action>go to countertop 1</action>'
+    """
+    return format_response(expert_thought(thought_family, action), action)

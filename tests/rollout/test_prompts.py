@@ -1,0 +1,97 @@
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from empg.rollout.prompts import action_char_span, build_messages, expert_response, parse_action
+
+FMT = (
+    "First reason briefly inside <think> </think>. Then give exactly one action inside <action> </action>, "
+    "e.g. <think>...</think><action>...</action>"
+)
+
+
+def test_household_prompt_golden():
+    msgs = build_messages(
+        "household",
+        "put a clean apple in fridge.",
+        "You arrive at countertop 1. On the countertop 1, you see a apple 1.",
+        [("You are in the middle of a room.", "go to countertop 1")],
+        1,
+        ["go to fridge 1", "take apple 1 from countertop 1"],
+    )
+    assert msgs == [
+        {
+            "role": "user",
+            "content": "You are an expert agent in a household environment.\n"
+            "Your task is to: put a clean apple in fridge.\n"
+            "You have taken 1 step(s). Your last 1 observation(s) and action(s):\n"
+            "[Observation 1: You are in the middle of a room.]\n[Action 1: go to countertop 1]\n"
+            "Current observation (step 2): You arrive at countertop 1. On the countertop 1, you see a apple 1.\n"
+            "Admissible actions: 'go to fridge 1', 'take apple 1 from countertop 1'\n" + FMT,
+        }
+    ]
+
+
+def test_shop_prompt_golden_first_step():
+    (msg,) = build_messages("shop", "i need red shoes, price < 40", "WebShop [SEP] Search", [], 0, ["search[<query>]"])
+    assert msg["content"] == (
+        "You are an expert shopping agent in an online store.\n"
+        "Your task is to: i need red shoes, price < 40\n"
+        "You have taken 0 step(s).\n"
+        "Current observation (step 1): WebShop [SEP] Search\n"
+        "Admissible actions: 'search[<query>]'\n" + FMT
+    )
+
+
+def test_search_prompt_golden_no_admissible_two_history():
+    hist = [("Question: who?", "search[a b]"), ("Passage 1: ...", "search[c]")]
+    (msg,) = build_messages("search", "Who founded X?", "Passage 2: ...", hist, 5, None)
+    assert msg["content"] == (
+        "You are an expert research agent answering a question with a search engine.\n"
+        "Your task is to: Who founded X?\n"
+        "Actions: search[query] returns passages; answer[text] ends the episode with your answer.\n"
+        "You have taken 5 step(s). Your last 2 observation(s) and action(s):\n"
+        "[Observation 4: Question: who?]\n[Action 4: search[a b]]\n"
+        "[Observation 5: Passage 1: ...]\n[Action 5: search[c]]\n"
+        "Current observation (step 6): Passage 2: ...\n" + FMT
+    )
+
+
+def test_long_admissible_lists_are_capped():
+    acts = [f"go to drawer {i}" for i in range(1, 61)]
+    (msg,) = build_messages("household", "t", "o", [], 0, acts, max_admissible=50)
+    assert "'go to drawer 50' ... and 10 more" in msg["content"] and "drawer 51" not in msg["content"]
+
+
+def test_parse_action_cases():
+    assert parse_action("<think>hm</think>\n<action> go  to\nfridge 1 </action>") == "go to fridge 1"
+    assert parse_action("<action>look</action><action>inventory</action>") == "look"  # the first one
+    assert parse_action("<action>look</action") is None
+    assert parse_action("<think>no action</think>") is None
+    assert parse_action("<action>   </action>") is None
+    assert parse_action("<action>" + "x" * 301 + "</action>") is None
+    assert parse_action(None) is None
+    assert parse_action("<action>search[a <b> c]</action>") == "search[a <b> c]"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("<>/actionthk[] \nxé")), max_size=80))
+def test_parse_action_fuzz_never_raises(text):
+    out = parse_action(text)
+    assert out is None or (out and out == " ".join(out.split()) and "</action>" not in out)
+    span = action_char_span(text)
+    assert (span is None) == ("<action>" not in text or "</action>" not in text[text.index("<action>") + 8 :])
+
+
+def test_expert_response_templates():
+    assert expert_response("household", "go to countertop 1") == (
+        "<think>I should check countertop 1 next.</think>\n<action>go to countertop 1</action>"
+    )
+    assert expert_response("household", "heat egg 1 with microwave 1") == (
+        "<think>egg 1 must be hot; I will heat it with microwave 1.</think>\n"
+        "<action>heat egg 1 with microwave 1</action>"
+    )
+    assert parse_action(expert_response("shop", "click[buy now]")) == "click[buy now]"
+    assert "buy it" in expert_response("shop", "click[buy now]")
+    assert expert_response("search", "answer[Paris]").startswith("<think>I have found the answer.</think>")
+    assert expert_response("other", "jump") == "<think>I will take the next step.</think>\n<action>jump</action>"
+    assert parse_action(expert_response("household", "put apple 1 in/on fridge 1")) == "put apple 1 in/on fridge 1"
