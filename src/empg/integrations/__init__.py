@@ -1,0 +1,1 @@
+"""Bridges to other RL engines. Each submodule imports its engine lazily (extras: ``verl``)."""

