@@ -1,0 +1,188 @@
+"""Evaluate a policy on fixed seeds of a split: success per task type with 95 % confidence intervals.
+
+The seeds of split ``s`` are always ``empg.envs.split_seeds(s, episodes)``, so two evaluations (two iterations, two
+runs) play the same tasks. Rollouts reuse :func:`empg.rollout.collect` (one episode per seed, ``group_size=1``) at the
+evaluation temperature (default 0.4) or greedily.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from empg.envs import split_seeds
+from empg.eval.stats import SuccessStats, success_table
+
+
+@dataclass
+class EvalReport:
+    """Result of one evaluation: ``table["all"]`` and one :class:`SuccessStats` per task type."""
+
+    env_id: str
+    split: str
+    episodes: int
+    table: dict[str, SuccessStats]
+    mean_length: float
+    invalid_rate: float
+
+    @property
+    def success(self) -> float:
+        return self.table["all"].rate
+
+    def metrics(self) -> dict[str, float]:
+        """Flat metric keys: ``<split>/success``, ``<split>/success/<type>``, ``<split>/ep_len``."""
+        out = {
+            f"{self.split}/success": self.success,
+            f"{self.split}/ep_len": self.mean_length,
+            f"{self.split}/invalid_rate": self.invalid_rate,
+        }
+        for name, row in self.table.items():
+            if name != "all":
+                out[f"{self.split}/success/{name}"] = row.rate
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EvalReport:
+        """Inverse of :meth:`to_dict`."""
+        table = {k: SuccessStats(**v) for k, v in d["table"].items()}
+        return cls(d["env_id"], d["split"], d["episodes"], table, d["mean_length"], d["invalid_rate"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "env_id": self.env_id,
+            "split": self.split,
+            "episodes": self.episodes,
+            "mean_length": self.mean_length,
+            "invalid_rate": self.invalid_rate,
+            "table": {k: v.to_dict() for k, v in self.table.items()},
+        }
+
+
+def evaluate_policy(
+    policy: Any,
+    env_id: str,
+    split: str,
+    episodes: int,
+    *,
+    temperature: float = 0.4,
+    greedy: bool = False,
+    max_new_tokens: int = 64,
+    max_turns: int | None = None,
+    history: int = 2,
+    seed: int = 0,
+    env_kwargs: dict | None = None,
+) -> EvalReport:
+    """Play the first ``episodes`` seeds of ``split`` once each and tabulate success.
+
+    Args:
+        policy: an :class:`empg.policy.Policy`.
+        env_id: registered env id.
+        split: ``train`` | ``eval_in`` | ``eval_out``.
+        episodes: number of seeds (fixed: ``split_seeds(split, episodes)``).
+        temperature, greedy, max_new_tokens, max_turns, history: rollout settings.
+        seed: seeds the sampling generator (the same seed gives the same evaluation).
+        env_kwargs: extra env constructor arguments.
+    """
+    from empg.rollout import collect
+
+    seeds = split_seeds(split, episodes)
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # in case the generation backend samples from the global generator
+    result = collect(
+        policy,
+        env_id,
+        seeds,
+        group_size=1,
+        split=split,
+        temperature=temperature,
+        max_new_tokens=max_new_tokens,
+        max_turns=max_turns,
+        history=history,
+        greedy=greedy,
+        record_behaviour=False,
+        generator=generator,
+        env_kwargs=env_kwargs,
+    )
+    trajs = [t for t in result.trajectories if not t.failed]
+    table = success_table([t.task_type for t in trajs], [t.success for t in trajs])
+    n_steps = sum(t.length for t in trajs)
+    return EvalReport(
+        env_id=env_id,
+        split=split,
+        episodes=len(trajs),
+        table=table,
+        mean_length=n_steps / max(1, len(trajs)),
+        invalid_rate=sum(t.n_invalid for t in trajs) / max(1, n_steps),
+    )
+
+
+def save_report(report: EvalReport, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report.to_dict(), indent=2))
+    return path
+
+
+def render_report(report: EvalReport, title: str | None = None) -> Any:
+    """A rich Table: task type, episodes, success, 95 % CI."""
+    from rich.table import Table
+
+    table = Table(title=title or f"{report.env_id} — {report.split} ({report.episodes} episodes)")
+    for col in ("task type", "n", "success", "95% CI"):
+        table.add_column(col, justify="left" if col == "task type" else "right")
+    for name, row in report.table.items():
+        table.add_row(name, str(row.n), f"{row.rate:.1%}", f"[{row.low:.1%}, {row.high:.1%}]")
+    return table
+
+
+def resolve_model_dir(run_dir: str | Path, checkpoint: str | Path | None = None) -> Path:
+    """The model to evaluate: ``checkpoint`` if given, else the latest checkpoint, else ``run_dir/base_model``."""
+    from empg.train.checkpoint import latest_checkpoint
+
+    if checkpoint is not None:
+        path = Path(checkpoint)
+    else:
+        path = latest_checkpoint(run_dir) or Path(run_dir) / "base_model"
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"no saved model in {path}; train first (`empg train`) or pass --checkpoint DIR")
+    return path
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    *,
+    split: str = "eval_in",
+    episodes: int | None = None,
+    checkpoint: str | Path | None = None,
+    greedy: bool = False,
+) -> tuple[EvalReport, Path]:
+    """`empg eval RUN_DIR`: evaluate a run's latest (or given) model with the run's settings; save JSON in eval/.
+
+    Returns:
+        The report and the path of ``run_dir/eval/<split>_<model>.json``.
+    """
+    from empg.policy import Policy
+    from empg.train.config import load_run_config
+
+    cfg = load_run_config(run_dir)
+    model_dir = resolve_model_dir(run_dir, checkpoint)
+    policy = Policy.load(model_dir)
+    report = evaluate_policy(
+        policy,
+        cfg.env.id,
+        split,
+        episodes or cfg.eval.episodes,
+        temperature=cfg.eval.temperature,
+        greedy=greedy or cfg.eval.greedy,
+        max_new_tokens=cfg.rollout.max_new_tokens,
+        max_turns=cfg.env.max_turns,
+        history=cfg.rollout.history,
+        seed=cfg.seed,
+        env_kwargs=cfg.env.kwargs,
+    )
+    path = save_report(report, Path(run_dir) / "eval" / f"{split}_{model_dir.name}.json")
+    return report, path

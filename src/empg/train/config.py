@@ -1,0 +1,469 @@
+"""Training configuration: dataclasses with one help text per field, YAML presets, dotted CLI overrides.
+
+A run is configured by :class:`TrainConfig` (two levels at most: ``env.*``, ``model.*``, ``rollout.*``, ``sft.*``,
+``algo.*``, ``optim.*``, ``eval.*``, ``log.*`` plus the top-level ``seed``, ``run_dir`` and ``iterations``).
+:func:`load_config` builds it the same way for every entry point:
+
+1. the structured defaults from the dataclasses,
+2. merged with a YAML preset (``configs/household-tiny.yaml`` …),
+3. merged with dotted overrides (``algo.zeta=0.05 seed=2``),
+4. checked by :func:`validate` — the one place for every cross-field rule.
+
+Unknown keys (in the YAML or the overrides) are errors that list close matches. Every error is a
+:class:`ConfigError` naming the field, the problem and the fix, raised before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A configuration problem: ``field``, what is wrong (``problem``) and how to fix it (``fix``)."""
+
+    def __init__(self, field_name: str, problem: str, fix: str):
+        self.field = field_name
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"config error in `{field_name}`: {problem}. Fix: {fix}")
+
+
+def _f(default: Any, help: str) -> Any:  # noqa: A002 - "help" reads best at the call sites
+    """A dataclass field with a help text (mutable defaults become factories)."""
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+# ----------------------------------------------------------------------------- sections
+@dataclass
+class EnvConfig:
+    """Which environment to train on."""
+
+    id: str = _f("household-v0", "Registered env id (`empg envs` lists them) or 'package.module:Class'.")
+    max_turns: int | None = _f(None, "Turn limit per episode (truncation); None = the env's registered default.")
+    train_pool: int = _f(5000, "Number of train-split seeds RL tasks are sampled from (seeds ≢ 8, 9 mod 10).")
+    kwargs: dict[str, Any] = _f({}, "Extra keyword arguments passed to the env constructor.")
+
+
+@dataclass
+class ModelConfig:
+    """The policy model."""
+
+    spec: str = _f("tiny-1m", "tiny-1m | tiny-5m | tiny-25m | smollm2-135m | local directory | Hugging Face id.")
+    cache_dir: str | None = _f(None, "Where built/converted models are cached (default $EMPG_CACHE or ~/.cache/empg).")
+    device: str = _f("cpu", "Torch device: cpu, cuda, cuda:1 ...")
+    dtype: str = _f("float32", "Parameter dtype: float32 | bfloat16 | float16.")
+
+
+@dataclass
+class RolloutConfig:
+    """Multi-turn rollouts (training)."""
+
+    n_tasks: int = _f(16, "Tasks (groups) per iteration.")
+    group_size: int = _f(8, "Rollouts per task from the same initial state (the GRPO group).")
+    temperature: float = _f(1.0, "Sampling temperature for training rollouts (behaviour log-probs use it too).")
+    top_p: float = _f(1.0, "Nucleus sampling threshold for training rollouts (1.0 = off).")
+    max_new_tokens: int = _f(64, "Response cap per step (thought + action), in tokens.")
+    history: int = _f(2, "Number of past (observation, action) pairs shown in each step's prompt.")
+
+
+@dataclass
+class SFTConfig:
+    """Behaviour-cloning warm start on expert demonstrations (`empg sft`, or phase 1 of `empg train`)."""
+
+    enabled: bool = _f(False, "Run SFT before RL in `empg train` (skipped on resume).")
+    episodes: int = _f(64, "Expert episodes collected from the train split for the demonstration set.")
+    seed_offset: int = _f(100000, "Demo seeds are the first `episodes` train seeds >= this offset (apart from RL).")
+    steps: int = _f(200, "Optimizer steps of behaviour cloning.")
+    batch_size: int = _f(16, "Demonstration steps per optimizer step.")
+    lr: float = _f(1e-3, "AdamW learning rate for SFT.")
+    weight_decay: float = _f(0.0, "AdamW weight decay for SFT.")
+    eval_episodes: int = _f(32, "Episodes per eval split evaluated after SFT (0 = skip).")
+
+
+@dataclass
+class AlgoConfig:
+    """The RL algorithm: GRPO or DAPO, optionally with EMPG (METHOD.md §2-3)."""
+
+    base: str = _f("grpo", "Base algorithm: grpo | dapo (dapo = clip-higher 0.28 + dynamic sampling + token-mean).")
+    norm_by_std: bool = _f(True, "Divide group-centred returns by the group std (False = Dr.GRPO).")
+    grpo_stats: str = _f("trajectory", "Group statistics over: trajectory (each once) | steps (verl-agent rows).")
+    reward_scale: float = _f(10.0, "R_i = reward_scale * outcome - invalid_penalty * #invalid steps.")
+    invalid_penalty: float = _f(0.1, "Return penalty per invalid or unparsable step.")
+    empg: bool = _f(False, "Apply the EMPG advantage transform (entropy-modulated scaling + future-clarity bonus).")
+    use_scaling: bool = _f(True, "EMPG ablation: self-calibrating scaling g (False = g ≡ 1).")
+    use_bonus: bool = _f(True, "EMPG ablation: future-clarity bonus f (False = zeta 0).")
+    k: float = _f(1.0, "EMPG scaling sharpness k in g = exp(-k H̃) / mean exp(-k H̃).")
+    k_next: float = _f(1.0, "EMPG bonus sharpness k' in f = exp(-k' H̃_next).")
+    zeta: float = _f(0.1, "EMPG bonus weight ζ.")
+    final_norm: str = _f("mean", "EMPG final normalisation: mean | mean_std | none | traj_mean.")
+    step_entropy: str = _f("mean", "Step entropy: mean | renyi2 | weighted | action (action-span tokens only).")
+    action_weight: float = _f(4.0, "step_entropy=weighted: weight of action tokens relative to thought tokens.")
+    clip_low: float = _f(0.2, "PPO ratio clip ε_low.")
+    clip_high: float | None = _f(None, "PPO ratio clip ε_high; None = 0.2 for grpo, 0.28 for dapo.")
+    dual_clip: float | None = _f(None, "Dual-clip constant c > 1 for negative advantages (None = off).")
+    loss_agg: str = _f("token-mean", "Loss aggregation: token-mean | seq-mean-token-mean | seq-mean-token-sum-norm.")
+    kl_coef: float = _f(0.01, "KL-to-reference loss coefficient (k3); 0 = no reference model at all.")
+    entropy_coef: float = _f(0.0, "Entropy bonus coefficient (0 = off).")
+    dynamic_sampling: bool | None = _f(None, "Drop groups with all-equal returns and resample; None = on for dapo.")
+    max_resample_rounds: int = _f(10, "Dynamic sampling: extra rollout rounds at most before keeping what is there.")
+    ppo_epochs: int = _f(1, "Passes over the batch per iteration.")
+
+    @property
+    def effective_clip_high(self) -> float:
+        """ε_high actually used: ``clip_high`` or the base algorithm's default."""
+        if self.clip_high is not None:
+            return self.clip_high
+        return 0.28 if self.base == "dapo" else 0.2
+
+    @property
+    def effective_dynamic_sampling(self) -> bool:
+        """Dynamic sampling actually used: ``dynamic_sampling`` or on for DAPO."""
+        if self.dynamic_sampling is not None:
+            return self.dynamic_sampling
+        return self.base == "dapo"
+
+
+@dataclass
+class OptimConfig:
+    """The RL optimizer."""
+
+    lr: float = _f(1e-6, "AdamW learning rate for RL.")
+    weight_decay: float = _f(0.0, "AdamW weight decay for RL.")
+    grad_clip: float = _f(1.0, "Global gradient-norm clip (0 = off).")
+    micro_batch_size: int = _f(16, "Step rows per forward/backward; gradients accumulate over the whole batch.")
+    mini_batches: int = _f(1, "Optimizer steps per PPO epoch (the batch is split into this many mini-batches).")
+
+
+@dataclass
+class EvalConfig:
+    """Periodic evaluation on fixed held-out seeds."""
+
+    every: int = _f(5, "Evaluate every N iterations (and after the last); 0 = never during training.")
+    episodes: int = _f(32, "Episodes per split (the first N seeds of the split, fixed across the run).")
+    splits: list[str] = _f(["eval_in", "eval_out"], "Splits to evaluate: any of train, eval_in, eval_out.")
+    temperature: float = _f(0.4, "Sampling temperature at evaluation.")
+    greedy: bool = _f(False, "Greedy decoding at evaluation (overrides temperature).")
+    at_start: bool = _f(True, "Also evaluate before the first RL iteration (iteration 0 point of the curve).")
+
+
+@dataclass
+class LogConfig:
+    """Logging, progress and checkpoints."""
+
+    tensorboard: bool = _f(False, "Also write TensorBoard scalars to run_dir/tb (needs the tensorboard extra).")
+    wandb: bool = _f(False, "Also log to Weights & Biases (needs the wandb extra).")
+    wandb_project: str = _f("empg", "W&B project name.")
+    progress: bool = _f(True, "Show a rich progress bar.")
+    plots: bool = _f(True, "Write run_dir/plots/*.png at the end of training (as `empg plot RUN_DIR`).")
+    checkpoint_every: int = _f(1, "Checkpoint every N iterations (and after the last).")
+    keep_checkpoints: int = _f(2, "Keep the newest N checkpoints (0 = keep all).")
+
+
+@dataclass
+class TrainConfig:
+    """A whole run: `empg train --config PRESET.yaml key=value ...`."""
+
+    seed: int = _f(0, "Seed for everything (model init, task sampling, rollouts, shuffling).")
+    run_dir: str = _f("runs/default", "Output directory: config.yaml, metrics.jsonl, checkpoints/, plots/, eval/.")
+    iterations: int = _f(50, "RL iterations (0 = SFT only).")
+    env: EnvConfig = field(default_factory=EnvConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "algo.base": ("grpo", "dapo"),
+    "algo.grpo_stats": ("trajectory", "steps"),
+    "algo.final_norm": ("mean", "mean_std", "none", "traj_mean"),
+    "algo.step_entropy": ("mean", "renyi2", "weighted", "action"),
+    "algo.loss_agg": ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"),
+    "model.dtype": ("float32", "bfloat16", "float16"),
+}
+
+
+# ----------------------------------------------------------------------------- validation
+def _check(ok: bool, name: str, problem: str, fix: str) -> None:
+    if not ok:
+        raise ConfigError(name, problem, fix)
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    """Check every field and every cross-field rule; raise :class:`ConfigError` on the first problem.
+
+    Returns:
+        ``cfg`` unchanged, for chaining.
+    """
+    for name, choices in CHOICES.items():
+        value = get_field(cfg, name)
+        _check(value in choices, name, f"unknown value {value!r}", f"use one of {', '.join(choices)}")
+    for name, low in [
+        ("iterations", 0),
+        ("rollout.n_tasks", 1),
+        ("rollout.group_size", 1),
+        ("rollout.max_new_tokens", 1),
+        ("rollout.history", 0),
+        ("env.train_pool", 1),
+        ("sft.episodes", 1),
+        ("sft.steps", 0),
+        ("sft.batch_size", 1),
+        ("sft.eval_episodes", 0),
+        ("sft.seed_offset", 0),
+        ("algo.max_resample_rounds", 0),
+        ("algo.ppo_epochs", 1),
+        ("optim.micro_batch_size", 1),
+        ("optim.mini_batches", 1),
+        ("eval.every", 0),
+        ("eval.episodes", 1),
+        ("log.checkpoint_every", 1),
+        ("log.keep_checkpoints", 0),
+        ("seed", 0),
+    ]:
+        value = get_field(cfg, name)
+        _check(value >= low, name, f"must be >= {low}, got {value}", f"set {name}={max(low, 1)} or larger")
+    for name in [
+        "algo.reward_scale",
+        "algo.invalid_penalty",
+        "algo.k",
+        "algo.k_next",
+        "algo.zeta",
+        "algo.kl_coef",
+        "algo.entropy_coef",
+        "algo.action_weight",
+        "optim.lr",
+        "optim.weight_decay",
+        "optim.grad_clip",
+        "sft.lr",
+        "sft.weight_decay",
+        "eval.temperature",
+    ]:
+        value = get_field(cfg, name)
+        _check(
+            math.isfinite(value) and value >= 0,
+            name,
+            f"must be a finite number >= 0, got {value}",
+            f"set {name} to a non-negative value",
+        )
+    _check(cfg.algo.reward_scale > 0, "algo.reward_scale", "must be > 0 (0 makes every advantage 0)", "use e.g. 10")
+    _check(cfg.optim.lr > 0, "optim.lr", "must be > 0", "use e.g. 1e-6 for LLMs, 1e-4 for the tiny models")
+    _check(cfg.sft.lr > 0, "sft.lr", "must be > 0", "use e.g. 1e-3 for the tiny models")
+    _check(
+        0 < cfg.rollout.temperature <= 10,
+        "rollout.temperature",
+        f"must be in (0, 10], got {cfg.rollout.temperature}",
+        "use 1.0 (the behaviour log-probs are taken at this temperature)",
+    )
+    _check(
+        cfg.eval.temperature > 0 or cfg.eval.greedy,
+        "eval.temperature",
+        "0 is not a sampling temperature",
+        "set eval.greedy=true for greedy decoding, or a positive temperature such as 0.4",
+    )
+    _check(0 < cfg.rollout.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {cfg.rollout.top_p}", "use 1.0")
+    _check(0 < cfg.algo.clip_low < 1, "algo.clip_low", f"must be in (0, 1), got {cfg.algo.clip_low}", "use 0.2")
+    clip_high = cfg.algo.clip_high
+    _check(
+        clip_high is None or 0 < clip_high < 10,
+        "algo.clip_high",
+        f"must be in (0, 10), got {clip_high}",
+        "use 0.2 (GRPO), 0.28 (DAPO) or null for the base algorithm's default",
+    )
+    dual = cfg.algo.dual_clip
+    _check(dual is None or dual > 1, "algo.dual_clip", f"must be > 1, got {dual}", "use 3.0 or null to turn it off")
+    _check(
+        cfg.rollout.group_size >= 2 or not cfg.algo.norm_by_std or cfg.iterations == 0,
+        "rollout.group_size",
+        "a group of one has zero advantage, so RL would not learn",
+        "use rollout.group_size >= 2",
+    )
+    _check(
+        cfg.env.max_turns is None or cfg.env.max_turns >= 1,
+        "env.max_turns",
+        f"must be >= 1 or null, got {cfg.env.max_turns}",
+        "use null for the env's default turn limit",
+    )
+    for split in cfg.eval.splits:
+        _check(
+            split in ("train", "eval_in", "eval_out"),
+            "eval.splits",
+            f"unknown split {split!r}",
+            "use a list of train, eval_in, eval_out, e.g. eval.splits=[eval_in,eval_out]",
+        )
+    _check(bool(cfg.run_dir), "run_dir", "is empty", "set run_dir=runs/my-run")
+    _check_env_id(cfg.env.id)
+    return cfg
+
+
+def _check_env_id(env_id: str) -> None:
+    if ":" in env_id:
+        return
+    from empg.envs import list_envs
+
+    known = list_envs()
+    close = difflib.get_close_matches(env_id, known, n=3)
+    _check(
+        env_id in known,
+        "env.id",
+        f"unknown environment {env_id!r}" + (f" (did you mean {', '.join(close)}?)" if close else ""),
+        f"use one of {', '.join(known)} or 'package.module:Class'",
+    )
+
+
+# ----------------------------------------------------------------------------- field access and help
+def get_field(cfg: Any, dotted: str) -> Any:
+    """``get_field(cfg, "algo.zeta")`` → ``cfg.algo.zeta``."""
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def iter_fields(cls: type = TrainConfig, prefix: str = "") -> list[tuple[str, str, Any, str]]:
+    """Every leaf field as ``(dotted_name, type, default, help)``, in declaration order (sections last)."""
+    rows: list[tuple[str, str, Any, str]] = []
+    sections = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        if dataclasses.is_dataclass(default):
+            sections.append((f.name, type(default)))
+            continue
+        type_name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        rows.append((prefix + f.name, type_name, default, f.metadata.get("help", "")))
+    for name, sub in sections:
+        rows.extend(iter_fields(sub, prefix=f"{prefix}{name}."))
+    return rows
+
+
+def format_help() -> str:
+    """Plain-text list of every field with type, default and help (used by `empg train --help`)."""
+    lines = ["configuration fields (override with key=value, e.g. algo.zeta=0.05 seed=2):"]
+    section = None
+    for name, type_name, default, help_text in iter_fields():
+        head = name.split(".")[0] if "." in name else ""
+        if head != section:
+            section = head
+            doc = (type(get_field(TrainConfig(), head)).__doc__ or "").strip() if head else "Top level."
+            lines.append(f"\n  [{head or 'run'}] {doc}")
+        lines.append(f"    {name} ({type_name}, default {default!r})\n        {help_text}")
+    return "\n".join(lines)
+
+
+def _all_keys() -> list[str]:
+    return [row[0] for row in iter_fields()]
+
+
+def _check_keys(tree: dict, source: str, prefix: str = "") -> None:
+    """Reject keys that are not config fields (``kwargs`` dicts are free-form)."""
+    known = _all_keys()
+    sections = {k.split(".")[0] for k in known if "." in k}
+    for key, value in tree.items():
+        dotted = prefix + str(key)
+        if dotted == "env.kwargs":
+            continue
+        if not prefix and key in sections:
+            if not isinstance(value, dict):
+                raise ConfigError(
+                    dotted,
+                    f"is a section in {source}, got the value {value!r}",
+                    f"write it as a mapping, e.g. {dotted}.<field>=...",
+                )
+            _check_keys(value, source, prefix=f"{dotted}.")
+            continue
+        if dotted not in known:
+            close = difflib.get_close_matches(dotted, known, n=3, cutoff=0.5)
+            hint = f"did you mean {', '.join(close)}?" if close else "run `empg train --help` for the list of fields"
+            raise ConfigError(dotted, f"unknown key in {source}", hint)
+
+
+def _parse_overrides(overrides: list[str]) -> dict:
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(item, "an override must look like key=value", "write e.g. algo.zeta=0.05")
+    try:
+        tree = OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)))
+    except OmegaConfBaseException as e:
+        raise ConfigError(" ".join(overrides), f"could not parse overrides ({e.msg})", "write key=value") from None
+    return tree  # type: ignore[return-value]
+
+
+def _merge(base: Any, tree: dict, source: str) -> Any:
+    _check_keys(tree, source)
+    try:
+        return OmegaConf.merge(base, tree)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        raise ConfigError(
+            str(key),
+            f"bad value in {source}: {str(e.msg).splitlines()[0]}",
+            "give a value of the field's type (see `empg train --help`)",
+        ) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Defaults ← YAML preset ← dotted overrides, then :func:`validate`.
+
+    Args:
+        path: a YAML preset (or None for the dataclass defaults).
+        overrides: ``["algo.zeta=0.05", "seed=2"]``.
+
+    Raises:
+        ConfigError: unknown key (with close matches), wrong type, or a failed validation rule.
+    """
+    base = OmegaConf.structured(TrainConfig)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(
+                "--config", f"file {str(path)!r} does not exist", "pass a YAML preset, e.g. configs/household-tiny.yaml"
+            )
+        tree = OmegaConf.to_container(OmegaConf.load(path)) or {}
+        if not isinstance(tree, dict):
+            raise ConfigError("--config", f"{path} is not a YAML mapping", "write `key: value` lines")
+        base = _merge(base, tree, str(path))
+    if overrides:
+        base = _merge(base, _parse_overrides(overrides), "the command-line overrides")
+    return validate(OmegaConf.to_object(base))  # type: ignore[arg-type]
+
+
+def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
+    """A copy of ``cfg`` with dotted overrides applied, validated."""
+    base = OmegaConf.structured(cfg)
+    if overrides:
+        base = _merge(base, _parse_overrides(overrides), "the command-line overrides")
+    return validate(OmegaConf.to_object(base))  # type: ignore[arg-type]
+
+
+def to_dict(cfg: TrainConfig) -> dict:
+    """Plain nested dict of the config (for JSON / YAML)."""
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg: TrainConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def from_dict(tree: dict) -> TrainConfig:
+    """Rebuild (and validate) a config saved with :func:`to_dict` / ``config.yaml``."""
+    base = _merge(OmegaConf.structured(TrainConfig), tree, "the saved config")
+    return validate(OmegaConf.to_object(base))  # type: ignore[arg-type]
+
+
+def load_run_config(run_dir: str | Path) -> TrainConfig:
+    """The config a run was started with (``run_dir/config.yaml``)."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError("run_dir", f"{path} does not exist", "pass a directory created by `empg train`")
+    return from_dict(OmegaConf.to_container(OmegaConf.load(path)))  # type: ignore[arg-type]

@@ -1,0 +1,511 @@
+"""Data-parallel RL training over several processes (DDP semantics, ``torch.distributed``; launched by Accelerate).
+
+``accelerate launch --num_processes N [--cpu] -m empg.cli train ...`` (or ``torchrun --nproc_per_node N -m empg.cli
+train ...``) starts N processes with ``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/``MASTER_PORT`` set;
+:func:`init_distributed` joins them (gloo on CPU, NCCL on CUDA). The pieces, in the order of one iteration:
+
+1. **Rollout sharding** — every rank draws the same task list (same seeded generator) and rolls out the contiguous
+   shard :func:`shard_range` of the groups; :func:`renumber_shard` gives its groups and trajectories ids that are
+   unique over all ranks (group ``g`` keeps its global index, trajectory ``g * group_size + k``).
+2. **Scoring** — each rank scores its own step rows (behaviour log-probs and token entropies).
+3. **Advantages on the full batch** — :func:`global_step_advantages` gathers the step entropies, ids and trajectory
+   summaries of all ranks, runs the trainer's own :func:`empg.train.rl.advantage_phase` on the whole batch (GRPO
+   group statistics and EMPG's min-max, mean of g and final mean are batch-global), and keeps this rank's rows.
+4. **Update** — :func:`ddp_update_phase` is :func:`empg.train.rl.update_phase` with two changes that make N processes
+   compute exactly the single-process step: the loss denominator (token count or row count of the mini-batch) is
+   summed over ranks, and gradients are summed over ranks (one flat all-reduce) before clipping and the optimizer
+   step. Parameters therefore stay identical on every rank (checked by :func:`check_in_sync`).
+5. **Checkpoints, evaluation, logging** — on the main rank only (``DistInfo.is_main``), followed by :func:`barrier`.
+
+Exactness: with ``optim.mini_batches = 1`` the N-process update equals the single-process update on the same batch
+(to float rounding; tested with 2 gloo processes to 1e-5). With more mini-batches each rank splits its own shard, so
+mini-batches are drawn per shard (still a valid PPO update, not the same partition as one process).
+
+FSDP (sharded parameters for models that do not fit one device) is not implemented here: wrap the model with
+``accelerate``'s FSDP plugin and drop :func:`sync_gradients`, which FSDP does itself.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+LOSS_KEYS = ("loss/pg", "loss/kl", "loss/entropy", "loss/total")
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands: ``rank`` of ``world_size`` (1 = a plain single-process run)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(backend: str | None = None, *, timeout_s: float = 1800.0) -> DistInfo:
+    """Join the process group described by the launcher's environment; a no-op for a single process.
+
+    Args:
+        backend: "gloo" | "nccl"; None = nccl when CUDA is available, else gloo.
+        timeout_s: collective timeout.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    if not dist.is_initialized():
+        for key in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
+            if key not in os.environ:
+                raise RuntimeError(
+                    f"WORLD_SIZE={world} but {key} is not set; start the processes with `accelerate launch` or "
+                    "`torchrun`, which set RANK, MASTER_ADDR and MASTER_PORT"
+                )
+        backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+        if backend == "nccl":  # one GPU per process: model.device="cuda" then means this rank's GPU
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend, init_method="env://", timeout=timedelta(seconds=timeout_s))
+    return dist_info()
+
+
+def dist_info() -> DistInfo:
+    """The current :class:`DistInfo` (single process when no process group is initialised)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return DistInfo()
+    local = int(os.environ.get("LOCAL_RANK", dist.get_rank()))
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local)
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
+# ----------------------------------------------------------------------------- collectives
+def shard_range(n: int, info: DistInfo) -> tuple[int, int]:
+    """Contiguous, balanced ``[start, stop)`` of ``n`` items for this rank (the first ``n % world`` get one more)."""
+    base, extra = divmod(n, info.world_size)
+    start = info.rank * base + min(info.rank, extra)
+    return start, start + base + (1 if info.rank < extra else 0)
+
+
+def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank (pickled; keep it small)."""
+    if not info.enabled:
+        return [obj]
+    out: list[Any] = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def gather_cat(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Concatenate every rank's ``t`` (first dims may differ; other dims must agree) in rank order."""
+    if not info.enabled:
+        return t
+    sizes = torch.tensor([t.shape[0]], dtype=torch.long)
+    all_sizes = [torch.zeros_like(sizes) for _ in range(info.world_size)]
+    dist.all_gather(all_sizes, sizes)
+    counts = [int(s) for s in all_sizes]
+    padded = torch.zeros((max(counts), *t.shape[1:]), dtype=t.dtype)
+    padded[: t.shape[0]] = t.detach().cpu()
+    parts = [torch.zeros_like(padded) for _ in range(info.world_size)]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:c] for p, c in zip(parts, counts, strict=True)]).to(t.device)
+
+
+def all_reduce_sum(value: float, info: DistInfo) -> float:
+    """Sum of a float over ranks (float64 on the wire)."""
+    if not info.enabled:
+        return float(value)
+    t = torch.tensor([float(value)], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t)
+
+
+def all_reduce_min(value: int, info: DistInfo) -> int:
+    if not info.enabled:
+        return int(value)
+    t = torch.tensor([int(value)], dtype=torch.long)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return int(t)
+
+
+def sync_gradients(params: list[torch.nn.Parameter], info: DistInfo) -> None:
+    """Sum the gradients of ``params`` over ranks, in place (one flat buffer; missing grads count as zeros)."""
+    if not info.enabled:
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    dist.all_reduce(flat)
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
+        offset += n
+
+
+def broadcast_parameters(model: torch.nn.Module, info: DistInfo, src: int = 0) -> None:
+    """Copy rank ``src``'s parameters and buffers to every rank (start from identical weights)."""
+    if not info.enabled:
+        return
+    with torch.no_grad():
+        for t in list(model.parameters()) + list(model.buffers()):
+            dist.broadcast(t.data, src)
+
+
+def check_in_sync(model: torch.nn.Module, info: DistInfo, atol: float = 0.0) -> None:
+    """Raise if this rank's parameters differ from rank 0's by more than ``atol`` (a cheap checksum per tensor)."""
+    if not info.enabled:
+        return
+    sums = torch.stack([p.detach().double().sum() for p in model.parameters()])
+    ref = sums.clone()
+    dist.broadcast(ref, 0)
+    if not torch.allclose(sums, ref, rtol=0, atol=atol):
+        raise RuntimeError(f"rank {info.rank}: parameters drifted from rank 0; gradients were not synchronised")
+
+
+# ----------------------------------------------------------------------------- 1. rollout sharding
+def renumber_shard(steps: list, trajs: list, group_offset: int, group_size: int) -> tuple[list, list]:
+    """Give a rank's rollout globally unique ids: group ``g`` → ``group_offset + g``, trajectory ``k`` of group ``g``
+    → ``(group_offset + g) * group_size + k`` (records are copied, not modified)."""
+    by_group: dict[int, int] = {}
+    tmap = {}
+    for t in sorted(trajs, key=lambda t: (t.group_id, t.traj_id)):
+        k = by_group.get(t.group_id, 0)
+        by_group[t.group_id] = k + 1
+        tmap[t.traj_id] = (group_offset + t.group_id) * group_size + k
+    new_trajs = [replace(t, traj_id=tmap[t.traj_id], group_id=group_offset + t.group_id) for t in trajs]
+    new_steps = [replace(s, traj_id=tmap[s.traj_id], group_id=group_offset + s.group_id) for s in steps]
+    return new_steps, new_trajs
+
+
+# ----------------------------------------------------------------------------- 3. advantages on the full batch
+@dataclass
+class _StepView:
+    """The whole batch seen one step per row: step entropy as a single "token" (what ``advantage_phase`` reads)."""
+
+    traj_id: torch.Tensor
+    step_idx: torch.Tensor
+    token_entropy: torch.Tensor  # (S, 1) = step entropy H
+    response_mask: torch.Tensor  # (S, 1) ones
+    action_mask: torch.Tensor  # (S, 1) ones
+    token_renyi2: torch.Tensor  # (S, 1) = H (already the Rényi-2 step value in that mode)
+
+
+def global_step_advantages(cfg: Any, batch: Any, steps: list, trajs: list, it: int, info: DistInfo) -> tuple:
+    """Per-step advantages (S_local,) of this rank's rows, computed by ``rl.advantage_phase`` on all ranks' steps.
+
+    Args:
+        cfg: the :class:`~empg.train.config.TrainConfig`.
+        batch: this rank's scored ``StepBatch`` (row i ↔ ``steps[i]``).
+        steps, trajs: this rank's step records and trajectory summaries, ids unique over ranks
+            (:func:`renumber_shard`).
+        it: iteration (for error messages).
+        info: process group info.
+
+    Returns:
+        (advantages (S_local,), metrics of the global batch).
+    """
+    from empg.train import rl
+
+    if not info.enabled:
+        return rl.advantage_phase(cfg, batch, steps, trajs, it)
+    h_local = rl.step_entropies(cfg, batch).float() if cfg.algo.empg and steps else torch.zeros(len(steps))
+    h = gather_cat(h_local, info)
+    traj_id = gather_cat(torch.tensor([s.traj_id for s in steps], dtype=torch.long), info)
+    step_idx = gather_cat(torch.tensor([s.step_idx for s in steps], dtype=torch.long), info)
+    all_steps = [s for part in gather_objects([_StepId(s.traj_id) for s in steps], info) for s in part]
+    all_trajs = [t for part in gather_objects(list(trajs), info) for t in part]
+    if len({t.traj_id for t in all_trajs}) != len(all_trajs):
+        raise ValueError("trajectory ids collide across ranks; renumber each rank's rollout with renumber_shard()")
+    ones = torch.ones(h.shape[0], 1)
+    view = _StepView(traj_id, step_idx, h.unsqueeze(1), ones, ones, h.unsqueeze(1))
+    final, metrics = rl.advantage_phase(cfg, view, all_steps, all_trajs, it)
+    counts = gather_objects(len(steps), info)
+    start = sum(counts[: info.rank])
+    return final[start : start + len(steps)], metrics
+
+
+@dataclass(frozen=True)
+class _StepId:
+    traj_id: int
+
+
+# ----------------------------------------------------------------------------- 4. update
+def ddp_update_phase(run: Any, batch: Any, ref_logp: torch.Tensor | None, it: int, info: DistInfo) -> dict:
+    """:func:`empg.train.rl.update_phase` over this rank's rows, with global denominators and summed gradients.
+
+    Every rank must call it (a rank with no rows still joins the collectives). Loss metrics (``loss/*``) are summed
+    over ranks, so they equal the single-process values; other metrics are this rank's.
+    """
+    from empg.algos import agg_loss, entropy_loss, kl_penalty, policy_loss
+    from empg.policy.hf import response_logprobs
+    from empg.train import rl
+    from empg.train.metrics import check_finite
+
+    if not info.enabled:
+        return rl.update_phase(run, batch, ref_logp, it)
+    cfg, model, opt = run.cfg, run.policy.model, run.optimizer
+    params = [p for p in model.parameters() if p.requires_grad]
+    gen = rl.generator_for(cfg.seed, it, "shuffle")
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+
+    def add(key: str, value: Any) -> None:
+        sums[key] = sums.get(key, 0.0) + float(value)
+        counts[key] = counts.get(key, 0) + 1
+
+    n_rows = int(batch.response_mask.shape[0])
+    n_mini = max(1, min(cfg.optim.mini_batches, all_reduce_min(n_rows, info)))  # same optimizer steps everywhere
+    for _epoch in range(cfg.algo.ppo_epochs):
+        perm = torch.randperm(n_rows, generator=gen)
+        for mini_idx in torch.tensor_split(perm, n_mini):
+            denom = all_reduce_sum(rl._denominator(cfg, batch.response_mask[mini_idx]), info)
+            opt.zero_grad(set_to_none=True)
+            for micro_idx in torch.split(mini_idx, cfg.optim.micro_batch_size):
+                if micro_idx.numel() == 0:  # a rank whose shard is empty still joins the collectives below
+                    continue
+                micro = batch.select(micro_idx)
+                need_ent = cfg.algo.entropy_coef > 0
+                logp, ent = response_logprobs(model, micro, temperature=cfg.rollout.temperature, with_entropy=need_ent)
+                mask = micro.response_mask
+                pg, m = policy_loss(
+                    logp,
+                    micro.old_logprobs,
+                    micro.advantages,
+                    mask,
+                    clip_low=cfg.algo.clip_low,
+                    clip_high=cfg.algo.effective_clip_high,
+                    dual_clip=cfg.algo.dual_clip,
+                    agg=cfg.algo.loss_agg,
+                    denominator=denom,
+                )
+                loss = pg
+                if ref_logp is not None:
+                    kl = agg_loss(kl_penalty(logp, ref_logp[micro_idx], kind="k3"), mask, cfg.algo.loss_agg, denom)
+                    loss = loss + cfg.algo.kl_coef * kl
+                    add("loss/kl", kl.detach())
+                if need_ent:
+                    ent_term = entropy_loss(ent, mask, agg=cfg.algo.loss_agg, denominator=denom)
+                    loss = loss - cfg.algo.entropy_coef * ent_term
+                    add("loss/entropy", ent_term.detach())
+                check_finite("policy loss", loss, it)
+                loss.backward()
+                add("loss/pg", pg.detach())
+                add("loss/total", loss.detach())
+                for key, value in m.items():
+                    if key != "actor/pg_loss":
+                        add(key, value)
+            sync_gradients(params, info)  # Σ over ranks of Σ_local / global denominator = the full-batch gradient
+            clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+            check_finite("gradient norm", grad_norm, it)
+            add("actor/grad_norm", grad_norm)
+            opt.step()
+    out = {k: sums[k] / counts[k] for k in sums}
+    n_opt = counts.get("actor/grad_norm", 1)
+    for key in LOSS_KEYS:
+        local = sums.get(key, 0.0) / n_opt
+        total = all_reduce_sum(local, info)  # every rank joins, whatever terms it has
+        if key in sums or total != 0.0:
+            out[key] = total
+    return out
+
+
+def empty_batch() -> Any:
+    """A zero-row ``StepBatch`` for a rank whose shard kept no step (it still joins every collective)."""
+    from empg.train.batch import StepBatch
+
+    z = torch.zeros(0, 2)
+    zl = torch.zeros(0, 2, dtype=torch.long)
+    zi = torch.zeros(0, dtype=torch.long)
+    return StepBatch(zl, zl, z, z, z, z, z, zi, zi, zi, torch.zeros(0, dtype=torch.bool), 1)
+
+
+# ----------------------------------------------------------------------------- the distributed loop
+def sharded_rollout_phase(run: Any, it: int, info: DistInfo) -> tuple[list, list, dict[str, float]]:
+    """:func:`empg.train.rl.rollout_phase` with the task groups sharded over ranks (DAPO rounds decided globally).
+
+    Every rank draws the same task list; rank r rolls out its :func:`shard_range` of the groups with a rollout
+    generator of its own. With dynamic sampling, groups are filtered where they live (a group is never split), the
+    number of informative groups is summed over ranks to decide on another round, and the final cut to ``n_tasks``
+    groups keeps the lowest global group ids, as the single-process loop does.
+    """
+    from empg.algos import filter_groups
+    from empg.rollout import collect
+    from empg.train import rl
+
+    if not info.enabled:
+        return rl.rollout_phase(run, it)
+    cfg = run.cfg
+    task_gen = rl.generator_for(cfg.seed, it, "tasks")
+    roll_gen = rl.generator_for(cfg.seed + 104_729 * info.rank, it, "rollout")
+    dynamic = cfg.algo.effective_dynamic_sampling
+    rounds = 1 + (cfg.algo.max_resample_rounds if dynamic else 0)
+    kept_steps: list = []
+    kept_trajs: list = []
+    all_trajs: list = []
+    n_groups = n_rounds = n_tokens = 0
+    for _ in range(rounds):
+        n_rounds += 1
+        seeds = rl.sample_tasks(run.train_pool, cfg.rollout.n_tasks, task_gen)
+        lo, hi = shard_range(len(seeds), info)
+        result = collect(
+            run.policy,
+            cfg.env.id,
+            seeds[lo:hi],
+            group_size=cfg.rollout.group_size,
+            split="train",
+            temperature=cfg.rollout.temperature,
+            top_p=cfg.rollout.top_p,
+            max_new_tokens=cfg.rollout.max_new_tokens,
+            max_turns=cfg.env.max_turns,
+            history=cfg.rollout.history,
+            record_behaviour=False,
+            generator=roll_gen,
+            env_kwargs=cfg.env.kwargs,
+        )
+        n_tokens += sum(len(s.response_ids) for s in result.steps)
+        steps, trajs = renumber_shard(result.steps, result.trajectories, n_groups + lo, cfg.rollout.group_size)
+        n_groups += len(seeds)
+        all_trajs.extend(trajs)
+        trajs = [t for t in trajs if not t.failed]
+        if dynamic and trajs:
+            returns, group_id = rl._returns(cfg, trajs)
+            trajs = [t for t, k in zip(trajs, filter_groups(returns, group_id).tolist(), strict=True) if k]
+        keep = {t.traj_id for t in trajs}
+        kept_trajs.extend(trajs)
+        kept_steps.extend(s for s in steps if s.traj_id in keep)
+        n_kept = int(all_reduce_sum(len({t.group_id for t in kept_trajs}), info))
+        if not dynamic or n_kept >= cfg.rollout.n_tasks:
+            break
+    if dynamic:
+        groups = sorted(g for part in gather_objects(sorted({t.group_id for t in kept_trajs}), info) for g in part)
+        chosen = set(groups[: cfg.rollout.n_tasks])
+        kept_trajs = [t for t in kept_trajs if t.group_id in chosen]
+        keep = {t.traj_id for t in kept_trajs}
+        kept_steps = [s for s in kept_steps if s.traj_id in keep]
+    everyone = [t for part in gather_objects(all_trajs, info) for t in part]
+    done = [t for t in everyone if not t.failed]
+    n_steps = sum(t.length for t in done)
+    metrics = {
+        "train/success": sum(t.success for t in done) / max(1, len(done)),
+        "train/return": float(rl._returns(cfg, done)[0].mean()) if done else 0.0,
+        "train/ep_len": n_steps / max(1, len(done)),
+        "train/invalid_rate": sum(t.n_invalid for t in done) / max(1, n_steps),
+        "train/failed_episodes": float(len(everyone) - len(done)),
+        "train/n_steps": all_reduce_sum(len(kept_steps), info),
+        "dapo/rounds": float(n_rounds),
+        "dist/world_size": float(info.world_size),
+        "dist/tokens": all_reduce_sum(n_tokens, info),
+    }
+    return kept_steps, kept_trajs, metrics
+
+
+def _setup_worker_run(cfg: Any, info: DistInfo, resume: bool) -> Any:
+    """Run state of a non-main rank: the main rank's base model or latest checkpoint, no files written."""
+    from pathlib import Path
+
+    from empg.envs import split_seeds
+    from empg.policy import Policy
+    from empg.train import checkpoint as ckpt
+    from empg.train import rl
+
+    run_dir = Path(cfg.run_dir)
+    latest = ckpt.latest_checkpoint(run_dir) if resume else None
+    policy = Policy.load(latest or run_dir / "base_model", device=cfg.model.device)
+    policy.model.eval()
+    ref_model = None
+    if cfg.algo.kl_coef > 0:
+        ref_model = Policy.load(run_dir / "base_model", device=cfg.model.device).model.eval()
+        ref_model.requires_grad_(False)
+    opt = torch.optim.AdamW(
+        [p for p in policy.model.parameters() if p.requires_grad], lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay
+    )
+    start = ckpt.restore_checkpoint(latest, opt)["iteration"] if latest is not None else 0
+    pool = split_seeds("train", cfg.env.train_pool)
+    return rl.Run(cfg, run_dir, policy, opt, None, start, pool, ref_model, None)
+
+
+def train_distributed(cfg: Any, *, resume: bool = False, console: Any = None, info: DistInfo | None = None) -> list:
+    """:func:`empg.train.rl.train` on every rank of the process group; files are written by the main rank only.
+
+    Rank 0 sets the run up (base model, SFT warm start, run directory), the others load what it saved. Each
+    iteration: sharded rollout → local scoring → batch-global advantages → synchronised update → (rank 0) eval, log,
+    checkpoint. Returns the metrics rows (rank 0; other ranks return an empty list).
+    """
+    from empg.train import checkpoint as ckpt
+    from empg.train import rl
+
+    info = info or dist_info()
+    if not info.enabled:
+        return rl.train(cfg, resume=resume, console=console)
+    run = rl.setup_run(cfg, resume=resume, console=console) if info.is_main else None
+    barrier(info)
+    if run is None:
+        run = _setup_worker_run(cfg, info, resume)
+    broadcast_parameters(run.policy.model, info)
+    if info.is_main and run.start == 0 and cfg.eval.at_start and cfg.eval.every > 0 and cfg.iterations > 0:
+        rl._log(run, 0, rl._sft_eval_metrics(run) or rl.evaluate_phase(run, 0))
+    for it in range(run.start, cfg.iterations):
+        t_start = time.perf_counter()
+        steps, trajs, metrics = sharded_rollout_phase(run, it, info)
+        metrics["time/rollout"] = time.perf_counter() - t_start
+        if metrics["train/n_steps"] > 0:  # the same decision on every rank (a global count)
+            t0 = time.perf_counter()
+            batch = rl.pack_steps(run.policy, steps) if steps else empty_batch()
+            ref_logp = rl.score_phase(run, batch, it) if steps else None
+            if ref_logp is None and run.ref_model is not None:
+                ref_logp = torch.zeros_like(batch.response_mask)
+            metrics["time/scoring"] = time.perf_counter() - t0
+            adv, adv_metrics = global_step_advantages(cfg, batch, steps, trajs, it, info)
+            metrics.update(adv_metrics)
+            if steps:
+                batch.advantages = rl._broadcast(adv, batch.response_mask)
+            t0 = time.perf_counter()
+            metrics.update(ddp_update_phase(run, batch, ref_logp, it, info))
+            metrics["time/update"] = time.perf_counter() - t0
+        else:
+            metrics["update/skipped"] = 1.0  # DAPO kept no informative group on any rank
+        last = it + 1 == cfg.iterations
+        if info.is_main:
+            if cfg.eval.every > 0 and ((it + 1) % cfg.eval.every == 0 or last):
+                metrics.update(rl.evaluate_phase(run, it + 1))
+            metrics["time/total"] = time.perf_counter() - t_start
+            rl._log(run, it + 1, metrics)
+            if (it + 1) % cfg.log.checkpoint_every == 0 or last:
+                ckpt.save_checkpoint(run.run_dir, it + 1, run.policy, run.optimizer, keep=cfg.log.keep_checkpoints)
+        barrier(info)
+    check_in_sync(run.policy.model, info, atol=1e-4)
+    if info.is_main:
+        run.logger.close()
+        rl._finish(run)
+        return run.history
+    return []
+
+
+def train_auto(cfg: Any, *, resume: bool = False, console: Any = None) -> list:
+    """What ``empg train`` runs: :func:`train_distributed` under a multi-process launcher, else ``rl.train``."""
+    info = init_distributed()
+    if not info.enabled:
+        from empg.train import rl
+
+        return rl.train(cfg, resume=resume, console=console)
+    try:
+        return train_distributed(cfg, resume=resume, console=console if info.is_main else None, info=info)
+    finally:
+        dist.destroy_process_group()

@@ -1,0 +1,673 @@
+"""The RL loop: GRPO or DAPO, optionally with EMPG, for multi-turn text agents. Reads top to bottom in :func:`train`.
+
+Which variant (METHOD.md is the source of truth):
+
+* **Rewards**: R_i = ``reward_scale`` · outcome_i − ``invalid_penalty`` · #invalid steps of trajectory i.
+* **GRPO** (outcome supervision): A_i = (R_i − mean_group R) / (std_group R + 1e-6), each trajectory counted once in
+  its group; every step of trajectory i gets A_i. ``norm_by_std=False`` is Dr.GRPO; ``grpo_stats="steps"`` counts
+  every step row in the group statistics (verl-agent).
+* **DAPO** = GRPO + clip-higher (ε_high 0.28) + dynamic sampling (drop groups whose returns are all equal, roll out
+  new tasks until ``n_tasks`` informative groups or ``max_resample_rounds``) + token-mean loss aggregation.
+* **EMPG** (when ``algo.empg``): step entropies H (mean behaviour token entropy of each step's response, or the
+  ``step_entropy`` variant) → batch min-max normalisation → A_mod = g·A + ζ·f_next → final normalisation, see
+  :func:`empg.algos.empg_transform_with_stats`. Every token of a step gets the step's final advantage.
+* **Behaviour policy**: log-probs and token entropies are recomputed in one no-grad pass over the packed batch
+  before the update (as verl does), with the same forward the update uses, so the first PPO ratio is exactly 1.
+* **Update**: PPO clipped surrogate, ``ppo_epochs`` passes over the batch shuffled into ``mini_batches`` optimizer
+  steps; each mini-batch accumulates gradients over micro-batches with a global token denominator, so the result
+  equals the full mini-batch loss; grad-norm clipping. KL to a frozen reference (k3) only when ``kl_coef > 0``;
+  the reference is the model RL starts from (after SFT).
+* **Determinism**: every random draw of iteration ``it`` comes from generators seeded by ``(seed, it)``, so a run
+  resumed from a checkpoint reproduces the uninterrupted run bit for bit on CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from empg.train import checkpoint as ckpt
+from empg.train.config import TrainConfig, to_yaml
+from empg.train.metrics import MetricsLogger, check_finite, masked_mean, stats, truncate_jsonl
+
+PHASES = {"tasks": 1, "rollout": 2, "shuffle": 3, "eval": 4, "sft": 5}
+
+
+@dataclass
+class Run:
+    """Everything the loop holds: config, directories, models, optimizer, logger and the iteration to start at."""
+
+    cfg: TrainConfig
+    run_dir: Path
+    policy: Any
+    optimizer: torch.optim.Optimizer
+    logger: MetricsLogger
+    start: int
+    train_pool: list[int]
+    ref_model: torch.nn.Module | None = None
+    console: Any = None
+    history: list[dict] = field(default_factory=list)
+
+
+def generator_for(seed: int, iteration: int, phase: str) -> torch.Generator:
+    """A CPU generator that depends only on ``(seed, iteration, phase)``; also reseeds torch's global generator."""
+    value = (seed * 1_000_003 + iteration * 1_009 + PHASES[phase]) % (2**63 - 1)
+    torch.manual_seed(value)
+    return torch.Generator().manual_seed(value)
+
+
+# ============================================================================= the loop
+def train(cfg: TrainConfig, *, resume: bool = False, console: Any = None) -> list[dict]:
+    """Run SFT (optional) then ``cfg.iterations`` RL iterations; return the metrics rows written by this call.
+
+    Args:
+        cfg: a validated :class:`TrainConfig`.
+        resume: continue from ``cfg.run_dir``'s latest checkpoint (bit-identical on CPU to an uninterrupted run).
+        console: a rich Console for the progress bar and messages (None: quiet).
+    """
+    run = setup_run(cfg, resume=resume, console=console)
+    if run.start == 0 and cfg.eval.at_start and cfg.eval.every > 0 and cfg.iterations > 0:
+        _log(run, 0, _sft_eval_metrics(run) or evaluate_phase(run, 0))
+
+    with _progress(run) as advance:
+        for it in range(run.start, cfg.iterations):
+            t_start = time.perf_counter()
+            metrics: dict[str, Any] = {}
+
+            # ----------------------------------------------------------------- 1. rollout (+ DAPO dynamic sampling)
+            t0 = time.perf_counter()
+            steps, trajs, roll = rollout_phase(run, it)
+            metrics.update(roll)
+            metrics["time/rollout"] = time.perf_counter() - t0
+
+            # ----------------------------------------------------------------- 2. pack + behaviour log-probs/entropies
+            t0 = time.perf_counter()
+            batch = None
+            if steps:
+                batch = pack_steps(run.policy, steps)
+                ref_logp = score_phase(run, batch, it)
+                metrics.update(entropy_metrics(batch, steps, trajs, run.run_dir, it + 1))
+            metrics["time/scoring"] = time.perf_counter() - t0
+
+            # ----------------------------------------------------------------- 3. advantages: base (GRPO) → EMPG
+            if batch is not None:
+                step_adv, adv_metrics = advantage_phase(cfg, batch, steps, trajs, it)
+                metrics.update(adv_metrics)
+                batch.advantages = _broadcast(step_adv, batch.response_mask)
+
+            # ----------------------------------------------------------------- 4. PPO update
+            t0 = time.perf_counter()
+            if batch is not None:
+                metrics.update(update_phase(run, batch, ref_logp, it))
+            else:
+                metrics["update/skipped"] = 1.0  # DAPO kept no informative group: nothing to learn from
+            metrics["time/update"] = time.perf_counter() - t0
+
+            # ----------------------------------------------------------------- 5. periodic evaluation
+            t0 = time.perf_counter()
+            last = it + 1 == cfg.iterations
+            if cfg.eval.every > 0 and ((it + 1) % cfg.eval.every == 0 or last):
+                metrics.update(evaluate_phase(run, it + 1))
+            metrics["time/eval"] = time.perf_counter() - t0
+            metrics["time/total"] = time.perf_counter() - t_start
+
+            # ----------------------------------------------------------------- 6. log, then checkpoint
+            _log(run, it + 1, metrics)
+            if (it + 1) % cfg.log.checkpoint_every == 0 or last:
+                ckpt.save_checkpoint(run.run_dir, it + 1, run.policy, run.optimizer, keep=cfg.log.keep_checkpoints)
+            advance(metrics)
+
+    run.logger.close()
+    _finish(run)
+    return run.history
+
+
+def _finish(run: Run) -> None:
+    """Plots of the run (when ``log.plots``) and a closing line on the console."""
+    if run.cfg.log.plots:
+        from empg.eval.plots import plot_runs
+
+        paths = plot_runs([run.run_dir])
+        if run.console is not None:
+            run.console.print(f"plots: {', '.join(str(p) for p in paths)}")
+    if run.console is not None:
+        run.console.print(f"metrics: {run.run_dir / 'metrics.jsonl'}; checkpoints: {run.run_dir / 'checkpoints'}")
+
+
+# ============================================================================= setup
+def setup_run(cfg: TrainConfig, *, resume: bool = False, console: Any = None) -> Run:
+    """Directories, policy (built, SFT-warmed or restored), reference model, optimizer, logger, start iteration."""
+    from empg.envs import split_seeds
+    from empg.policy import Policy
+
+    _quiet_transformers()
+    run_dir = Path(cfg.run_dir)
+    latest = ckpt.latest_checkpoint(run_dir) if resume else None
+    if not resume and _has_progress(run_dir):
+        raise FileExistsError(
+            f"run_dir {run_dir} already holds a run; continue it with `empg train --resume {run_dir}` "
+            "or choose a new run_dir=..."
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    torch.manual_seed(cfg.seed)
+
+    base_dir = run_dir / "base_model"
+    if latest is None and not (base_dir / "config.json").is_file():
+        policy = build_base_policy(cfg, console=console)
+        _save_atomic(policy, base_dir)
+    policy = Policy.load(latest or base_dir, device=cfg.model.device)
+    policy.model.eval()  # no dropout: rollout, scoring and update see the same function
+
+    ref_model = None
+    if cfg.algo.kl_coef > 0:
+        ref_model = Policy.load(base_dir, device=cfg.model.device).model.eval()
+        ref_model.requires_grad_(False)
+
+    optimizer = torch.optim.AdamW(
+        [p for p in policy.model.parameters() if p.requires_grad], lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay
+    )
+    start = 0
+    if latest is not None:
+        start = ckpt.restore_checkpoint(latest, optimizer)["iteration"]
+    for name in ("metrics.jsonl", "step_entropy.jsonl"):
+        truncate_jsonl(run_dir / name, start if latest is not None else -1)
+
+    logger = MetricsLogger(
+        run_dir,
+        tensorboard=cfg.log.tensorboard,
+        wandb=cfg.log.wandb,
+        wandb_project=cfg.log.wandb_project,
+        config=None,
+    )
+    pool = split_seeds("train", cfg.env.train_pool)
+    if console is not None and latest is not None:
+        console.print(f"resuming {run_dir} from {latest.name} (iteration {start})")
+    return Run(cfg, run_dir, policy, optimizer, logger, start, pool, ref_model, console)
+
+
+def build_base_policy(cfg: TrainConfig, *, console: Any = None) -> Any:
+    """Build the model from ``model.spec`` and, when ``sft.enabled``, warm-start it by behaviour cloning."""
+    from empg.policy import Policy
+
+    policy = Policy.from_spec(
+        cfg.model.spec,
+        cache_dir=cfg.model.cache_dir,
+        device=cfg.model.device,
+        dtype=getattr(torch, cfg.model.dtype),
+        seed=cfg.seed,
+    )
+    if cfg.sft.enabled:
+        from empg.train.sft import run_sft
+
+        run_sft(policy, cfg, Path(cfg.run_dir), console=console)
+    return policy
+
+
+def _quiet_transformers() -> None:
+    """No per-load progress bars from transformers inside the training loop (ours is enough)."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - transformers is a core dependency
+        pass
+
+
+def _has_progress(run_dir: Path) -> bool:
+    return (run_dir / "metrics.jsonl").is_file() or (run_dir / "checkpoints").is_dir()
+
+
+def _save_atomic(policy: Any, path: Path) -> None:
+    tmp = path.with_name(f".tmp-{path.name}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    policy.save(tmp)
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+
+
+# ============================================================================= 1. rollout
+def sample_tasks(pool: list[int], n: int, generator: torch.Generator) -> list[int]:
+    """``n`` distinct train seeds drawn from ``pool``."""
+    idx = torch.randperm(len(pool), generator=generator)[:n]
+    return [pool[i] for i in idx.tolist()]
+
+
+def rollout_phase(run: Run, it: int) -> tuple[list, list, dict[str, float]]:
+    """Roll out ``n_tasks`` groups; with dynamic sampling keep only informative groups and resample.
+
+    Returns:
+        (steps, trajectories, metrics). Group and trajectory ids are renumbered to be unique across rounds.
+        ``steps`` is empty when dynamic sampling found no informative group.
+    """
+    from empg.algos import filter_groups
+    from empg.rollout import collect
+
+    cfg = run.cfg
+    task_gen = generator_for(cfg.seed, it, "tasks")
+    roll_gen = generator_for(cfg.seed, it, "rollout")
+    dynamic = cfg.algo.effective_dynamic_sampling
+    rounds = 1 + (cfg.algo.max_resample_rounds if dynamic else 0)
+    kept_steps: list = []
+    kept_trajs: list = []
+    all_trajs: list = []
+    n_tokens, seconds, n_groups = 0, 0.0, 0
+    n_rounds = 0
+    for _ in range(rounds):
+        n_rounds += 1
+        seeds = sample_tasks(run.train_pool, cfg.rollout.n_tasks, task_gen)
+        t0 = time.perf_counter()
+        result = collect(
+            run.policy,
+            cfg.env.id,
+            seeds,
+            group_size=cfg.rollout.group_size,
+            split="train",
+            temperature=cfg.rollout.temperature,
+            top_p=cfg.rollout.top_p,
+            max_new_tokens=cfg.rollout.max_new_tokens,
+            max_turns=cfg.env.max_turns,
+            history=cfg.rollout.history,
+            record_behaviour=False,
+            generator=roll_gen,
+            env_kwargs=cfg.env.kwargs,
+        )
+        seconds += time.perf_counter() - t0
+        n_tokens += sum(len(s.response_ids) for s in result.steps)
+        steps, trajs = _renumber(result.steps, result.trajectories, n_groups, len(all_trajs))
+        n_groups += len(seeds)
+        all_trajs.extend(trajs)
+        trajs = [t for t in trajs if not t.failed]
+        if dynamic and trajs:
+            returns, group_id = _returns(cfg, trajs)
+            keep = filter_groups(returns, group_id)
+            trajs = [t for t, k in zip(trajs, keep.tolist(), strict=True) if k]
+        keep_ids = {t.traj_id for t in trajs}
+        kept_trajs.extend(trajs)
+        kept_steps.extend(s for s in steps if s.traj_id in keep_ids)
+        n_kept = len({t.group_id for t in kept_trajs})
+        if not dynamic or n_kept >= cfg.rollout.n_tasks:
+            break
+    if dynamic:  # DAPO keeps exactly n_tasks informative groups when it has more
+        groups = sorted({t.group_id for t in kept_trajs})[: cfg.rollout.n_tasks]
+        kept_trajs = [t for t in kept_trajs if t.group_id in set(groups)]
+        keep_ids = {t.traj_id for t in kept_trajs}
+        kept_steps = [s for s in kept_steps if s.traj_id in keep_ids]
+    done = [t for t in all_trajs if not t.failed]
+    n_steps = sum(t.length for t in done)
+    metrics = {
+        "train/success": sum(t.success for t in done) / max(1, len(done)),
+        "train/return": float(_returns(run.cfg, done)[0].mean()) if done else 0.0,
+        "train/ep_len": n_steps / max(1, len(done)),
+        "train/invalid_rate": sum(t.n_invalid for t in done) / max(1, n_steps),
+        "train/failed_episodes": float(len(all_trajs) - len(done)),
+        "train/n_steps": float(len(kept_steps)),
+        "dapo/kept_groups": float(len({t.group_id for t in kept_trajs})),
+        "dapo/rounds": float(n_rounds),
+        "perf/tokens_per_s": n_tokens / max(seconds, 1e-9),
+    }
+    return kept_steps, kept_trajs, metrics
+
+
+def _renumber(steps: list, trajs: list, group_offset: int, traj_offset: int) -> tuple[list, list]:
+    """Shift group/trajectory ids of one rollout round so ids stay unique across rounds (records are copied)."""
+    from dataclasses import replace
+
+    tmap = {t.traj_id: traj_offset + i for i, t in enumerate(trajs)}
+    new_trajs = [replace(t, traj_id=tmap[t.traj_id], group_id=t.group_id + group_offset) for t in trajs]
+    new_steps = [replace(s, traj_id=tmap[s.traj_id], group_id=s.group_id + group_offset) for s in steps]
+    return new_steps, new_trajs
+
+
+def _returns(cfg: TrainConfig, trajs: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-trajectory returns (T,) float64 and group ids (T,) long."""
+    from empg.algos import trajectory_returns
+
+    outcome = torch.tensor([float(t.outcome) for t in trajs], dtype=torch.float64)
+    n_invalid = torch.tensor([float(t.n_invalid) for t in trajs], dtype=torch.float64)
+    returns = trajectory_returns(
+        outcome, n_invalid, reward_scale=cfg.algo.reward_scale, invalid_penalty=cfg.algo.invalid_penalty
+    )
+    return returns, torch.tensor([t.group_id for t in trajs], dtype=torch.long)
+
+
+# ============================================================================= 2. packing and scoring
+def pack_steps(policy: Any, steps: list) -> Any:
+    """StepBatch of the step records (row i ↔ ``steps[i]``)."""
+    from empg.train.batch import StepBatch
+
+    return StepBatch.from_records(steps, _pad_id(policy))
+
+
+def _pad_id(policy: Any) -> int:
+    tok = policy.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    return int(pad if pad is not None else 0)
+
+
+@torch.no_grad()
+def score_phase(run: Run, batch: Any, it: int) -> torch.Tensor | None:
+    """Fill ``batch.old_logprobs`` and ``batch.token_entropy`` (behaviour policy, rollout temperature); return the
+    reference log-probs (B, L) when ``kl_coef > 0`` else None."""
+    from empg.policy.hf import response_logprobs
+
+    cfg = run.cfg
+    logps, ents, refs = [], [], []
+    for idx in torch.split(torch.arange(batch.response_mask.shape[0]), cfg.optim.micro_batch_size):
+        micro = batch.select(idx)
+        logp, ent = response_logprobs(run.policy.model, micro, temperature=cfg.rollout.temperature, with_entropy=True)
+        logps.append(logp)
+        ents.append(ent)
+        if run.ref_model is not None:
+            refs.append(response_logprobs(run.ref_model, micro, temperature=cfg.rollout.temperature)[0])
+    batch.old_logprobs = torch.cat(logps).detach()
+    batch.token_entropy = torch.cat(ents).detach()
+    if cfg.algo.empg and cfg.algo.step_entropy == "renyi2":
+        batch.token_renyi2 = token_renyi2_of(run.policy.model, batch, cfg)
+        check_finite("behaviour token Renyi-2 entropies", batch.token_renyi2, it, batch.response_mask)
+    check_finite("behaviour log-probs (logits)", batch.old_logprobs, it, batch.response_mask)
+    check_finite("behaviour token entropies", batch.token_entropy, it, batch.response_mask)
+    if run.ref_model is None:
+        return None
+    ref = torch.cat(refs).detach()
+    check_finite("reference log-probs", ref, it, batch.response_mask)
+    return ref
+
+
+@torch.no_grad()
+def token_renyi2_of(model: torch.nn.Module, batch: Any, cfg: TrainConfig) -> torch.Tensor:
+    """Rényi-2 entropy −log Σ p² of each response token's distribution (B, L), 0 off the response mask.
+
+    Uses the StepBatch layout: every response starts at column ``P = batch.response_start``, so the logits at columns
+    ``P-1 … L-2`` are the distributions of the response tokens; position ids are ``cumsum(attention_mask) - 1``.
+    """
+    from empg.algos.entropy import token_renyi2
+
+    out = torch.zeros_like(batch.response_mask)
+    start = batch.response_start
+    for idx in torch.split(torch.arange(batch.response_mask.shape[0]), cfg.optim.micro_batch_size):
+        ids, att = batch.input_ids[idx], batch.attention_mask[idx]
+        pos = (att.cumsum(-1) - 1).clamp_min(0)
+        logits = model(input_ids=ids, attention_mask=att, position_ids=pos).logits[:, start - 1 : -1]  # (b, R, V)
+        out[idx, start:] = token_renyi2(logits.float(), temperature=cfg.rollout.temperature).to(out.dtype)
+    return torch.where(batch.response_mask != 0, out, torch.zeros_like(out))
+
+
+# ============================================================================= 3. advantages
+def step_entropies(cfg: TrainConfig, batch: Any) -> torch.Tensor:
+    """Per-step entropy H (B,) from the behaviour token entropies, per ``algo.step_entropy``."""
+    from empg.algos import step_entropy
+
+    mode = cfg.algo.step_entropy
+    mask = batch.response_mask
+    weights = None
+    values = batch.token_entropy
+    if mode == "action":
+        weights = batch.action_mask * mask
+    elif mode == "weighted":
+        weights = (1.0 + (cfg.algo.action_weight - 1.0) * batch.action_mask) * mask
+    elif mode == "renyi2":
+        values = batch.token_renyi2
+    return step_entropy(values, mask, mode=mode, weights=weights)
+
+
+def advantage_phase(cfg: TrainConfig, batch: Any, steps: list, trajs: list, it: int) -> tuple[torch.Tensor, dict]:
+    """Per-step advantages (S,) aligned with the batch rows: base GRPO/Dr.GRPO, then EMPG when enabled."""
+    from empg.algos import empg_transform_with_stats, grpo_advantages, step_level_grpo_advantages
+
+    returns, group_id = _returns(cfg, trajs)
+    row_of = {t.traj_id: i for i, t in enumerate(trajs)}
+    step_traj = torch.tensor([row_of[s.traj_id] for s in steps], dtype=torch.long)
+    if cfg.algo.grpo_stats == "steps":
+        base = step_level_grpo_advantages(returns[step_traj], group_id[step_traj], norm_by_std=cfg.algo.norm_by_std)
+    else:
+        base = grpo_advantages(returns, group_id, norm_by_std=cfg.algo.norm_by_std)[step_traj]
+    base = base.to(torch.float32)
+    check_finite("base advantages", base, it)
+    success = torch.tensor([trajs[i].success for i in step_traj.tolist()], dtype=torch.bool)
+    metrics: dict[str, float] = {}
+    if cfg.algo.empg:
+        h = step_entropies(cfg, batch).to(torch.float32)
+        check_finite("step entropies", h, it)
+        final, st = empg_transform_with_stats(
+            base,
+            h,
+            batch.traj_id,
+            batch.step_idx,
+            k=cfg.algo.k,
+            k_next=cfg.algo.k_next,
+            zeta=cfg.algo.zeta,
+            use_scaling=cfg.algo.use_scaling,
+            use_bonus=cfg.algo.use_bonus,
+            final_norm=cfg.algo.final_norm,
+        )
+        metrics.update(stats("empg/g", st.g))
+        metrics.update(stats("empg/f", st.f[st.has_next.bool()]))
+        before = st.a_mod
+    else:
+        final = before = base
+    check_finite("advantages", final, it)
+    metrics.update(_adv_split("before", before, success))
+    metrics.update(_adv_split("after", final, success))
+    metrics.update({"adv/mean": float(final.mean()), "adv/min": float(final.min()), "adv/max": float(final.max())})
+    metrics["adv/std"] = float(final.std()) if final.numel() > 1 else 0.0
+    return final, metrics
+
+
+def _adv_split(tag: str, adv: torch.Tensor, success: torch.Tensor) -> dict[str, float]:
+    """Mean advantage of steps of successful / failed trajectories (METHOD §6 risk 1)."""
+    out = {}
+    for name, m in (("success", success), ("failure", ~success)):
+        if bool(m.any()):
+            out[f"adv/{name}_{tag}"] = float(adv[m].double().mean())
+    return out
+
+
+def _broadcast(step_values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    from empg.algos import broadcast_to_tokens
+
+    return broadcast_to_tokens(step_values.to(mask.dtype), mask)
+
+
+# ============================================================================= 4. update
+def update_phase(run: Run, batch: Any, ref_logp: torch.Tensor | None, it: int) -> dict[str, float]:
+    """PPO epochs over shuffled mini-batches; micro-batch gradient accumulation; grad clipping.
+
+    The NaN/inf guard checks every loss before backward and the gradient norm before each optimizer step, so a bad
+    value stops the run with the model untouched.
+    """
+    from empg.algos import agg_loss, entropy_loss, kl_penalty, policy_loss
+    from empg.policy.hf import response_logprobs
+
+    cfg, model, opt = run.cfg, run.policy.model, run.optimizer
+    params = [p for p in model.parameters() if p.requires_grad]
+    gen = generator_for(cfg.seed, it, "shuffle")
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+
+    def add(key: str, value: float) -> None:
+        sums[key] = sums.get(key, 0.0) + float(value)
+        counts[key] = counts.get(key, 0) + 1
+
+    n_rows = int(batch.response_mask.shape[0])
+    for _epoch in range(cfg.algo.ppo_epochs):
+        perm = torch.randperm(n_rows, generator=gen)
+        for mini_idx in torch.tensor_split(perm, min(cfg.optim.mini_batches, n_rows)):
+            denom = _denominator(cfg, batch.response_mask[mini_idx])
+            opt.zero_grad(set_to_none=True)
+            for micro_idx in torch.split(mini_idx, cfg.optim.micro_batch_size):
+                micro = batch.select(micro_idx)
+                need_ent = cfg.algo.entropy_coef > 0
+                logp, ent = response_logprobs(model, micro, temperature=cfg.rollout.temperature, with_entropy=need_ent)
+                mask = micro.response_mask
+                pg, m = policy_loss(
+                    logp,
+                    micro.old_logprobs,
+                    micro.advantages,
+                    mask,
+                    clip_low=cfg.algo.clip_low,
+                    clip_high=cfg.algo.effective_clip_high,
+                    dual_clip=cfg.algo.dual_clip,
+                    agg=cfg.algo.loss_agg,
+                    denominator=denom,
+                )
+                loss = pg
+                if ref_logp is not None:
+                    kl = agg_loss(kl_penalty(logp, ref_logp[micro_idx], kind="k3"), mask, cfg.algo.loss_agg, denom)
+                    loss = loss + cfg.algo.kl_coef * kl
+                    add("loss/kl", kl.detach())
+                if need_ent:
+                    ent_term = entropy_loss(ent, mask, agg=cfg.algo.loss_agg, denominator=denom)
+                    loss = loss - cfg.algo.entropy_coef * ent_term
+                    add("loss/entropy", ent_term.detach())
+                check_finite("policy loss", loss, it)
+                loss.backward()
+                add("loss/pg", pg.detach())
+                add("loss/total", loss.detach())
+                for key, value in m.items():
+                    if key != "actor/pg_loss":  # a micro-batch's partial sum; loss/pg is the mini-batch loss
+                        add(key, value)
+            clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+            check_finite("gradient norm", grad_norm, it)
+            add("actor/grad_norm", grad_norm)
+            opt.step()
+    out = {k: sums[k] / counts[k] for k in sums}
+    # loss terms are partial sums per micro-batch: report them per optimizer step
+    n_opt = counts.get("actor/grad_norm", 1)
+    for key in ("loss/pg", "loss/kl", "loss/entropy", "loss/total"):
+        if key in sums:
+            out[key] = sums[key] / n_opt
+    return out
+
+
+def _denominator(cfg: TrainConfig, mask: torch.Tensor) -> float:
+    """Global normaliser of a mini-batch (mask (b, L)) so micro-batch losses add up to the mini-batch loss."""
+    if cfg.algo.loss_agg == "token-mean":
+        return float(mask.sum())
+    return float(mask.shape[0])
+
+
+# ============================================================================= 5. evaluation
+def evaluate_phase(run: Run, iteration: int) -> dict[str, float]:
+    """Evaluate on ``eval.splits`` (fixed seeds); write ``eval/<split>_iter_XXXX.json``; return flat metrics."""
+    from empg.eval.evaluate import evaluate_policy, save_report
+
+    cfg = run.cfg
+    out: dict[str, float] = {}
+    for split in cfg.eval.splits:
+        generator_for(cfg.seed, iteration, "eval")
+        report = evaluate_policy(
+            run.policy,
+            cfg.env.id,
+            split,
+            cfg.eval.episodes,
+            temperature=cfg.eval.temperature,
+            greedy=cfg.eval.greedy,
+            max_new_tokens=cfg.rollout.max_new_tokens,
+            max_turns=cfg.env.max_turns,
+            history=cfg.rollout.history,
+            seed=cfg.seed * 1_000_003 + iteration,
+            env_kwargs=cfg.env.kwargs,
+        )
+        save_report(report, run.run_dir / "eval" / f"{split}_{ckpt.checkpoint_name(iteration)}.json")
+        out.update(report.metrics())
+    return out
+
+
+def _sft_eval_metrics(run: Run) -> dict[str, float] | None:
+    """The SFT evaluation as the iteration-0 point when it covered the same splits and seeds (no second pass)."""
+    import json
+
+    from empg.eval.evaluate import EvalReport
+
+    path = run.run_dir / "sft.json"
+    if not path.is_file():
+        return None
+    sft = json.loads(path.read_text())
+    cfg = run.cfg
+    out: dict[str, float] = {}
+    for split in cfg.eval.splits:
+        report = sft.get(f"eval/{split}")
+        if report is None or report["episodes"] != cfg.eval.episodes or sft.get("eval_seed", 0) != cfg.seed * 1_000_003:
+            return None
+        out.update(EvalReport.from_dict(report).metrics())
+    return out
+
+
+# ============================================================================= diagnostics and logging
+def entropy_metrics(batch: Any, steps: list, trajs: list, run_dir: Path, iteration: int) -> dict[str, float]:
+    """Token entropy (all / thought / action tokens) and step entropy by outcome; appends ``step_entropy.jsonl``."""
+    import json
+
+    mask = batch.response_mask
+    ent = batch.token_entropy
+    action = batch.action_mask * mask
+    thought = mask * (1 - batch.action_mask)
+    count = mask.sum(-1).clamp_min(1)
+    h_step = torch.where(mask != 0, ent, torch.zeros_like(ent)).sum(-1) / count
+    won = {t.traj_id: t.success for t in trajs}
+    success = torch.tensor([won[s.traj_id] for s in steps], dtype=torch.bool)
+    out = {
+        "entropy/token_mean": masked_mean(ent, mask),
+        "entropy/thought_token": masked_mean(ent, thought),
+        "entropy/action_token": masked_mean(ent, action),
+        "entropy/step_mean": float(h_step.mean()),
+        "entropy/step_success": float(h_step[success].mean()) if bool(success.any()) else float("nan"),
+        "entropy/step_failure": float(h_step[~success].mean()) if bool((~success).any()) else float("nan"),
+    }
+    row = {
+        "iteration": iteration,
+        "success": [round(float(h), 5) for h in h_step[success]],
+        "failure": [round(float(h), 5) for h in h_step[~success]],
+    }
+    with (run_dir / "step_entropy.jsonl").open("a") as fh:
+        fh.write(json.dumps(row) + "\n")
+    return out
+
+
+def _log(run: Run, iteration: int, metrics: dict[str, Any]) -> None:
+    run.logger.log(metrics, step=iteration)
+    run.history.append({"iteration": iteration, **metrics})
+
+
+@contextmanager
+def _progress(run: Run) -> Iterator[Any]:
+    """A rich progress bar over the RL iterations; yields ``advance(metrics)``."""
+    if run.console is None or not run.cfg.log.progress:
+        yield lambda metrics: None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = [TextColumn("[bold]RL"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+               TextColumn("{task.description}")]  # fmt: skip
+    with Progress(*columns, console=run.console) as progress:
+        task = progress.add_task("", total=run.cfg.iterations, completed=run.start)
+
+        def advance(m: dict) -> None:
+            text = f"train {m.get('train/success', 0):.0%}"
+            if "eval_in/success" in m:
+                text += f" | eval_in {m['eval_in/success']:.0%}"
+            progress.update(task, advance=1, description=text)
+
+        yield advance
+
+
+__all__ = ["Run", "setup_run", "train"]

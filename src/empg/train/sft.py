@@ -1,0 +1,232 @@
+"""Behaviour-cloning warm start: expert demos rendered with the rollout's ReAct prompts, masked next-token loss.
+
+1. **Demos**: play ``sft.episodes`` train-split seeds (the first ones ``>= sft.seed_offset``, apart from the RL task
+   pool) with ``env.expert_action()``. Every step becomes (prompt, response): the prompt is exactly what the rollout
+   would show the policy at that step (:func:`empg.rollout.prompts.build_messages` with the same history window), the
+   response a short templated thought plus the expert action (:func:`empg.rollout.prompts.expert_response`).
+2. **Training**: ``sft.steps`` AdamW steps on shuffled mini-batches of ``sft.batch_size`` demo steps; the loss is the
+   mean negative log-likelihood over response tokens only (prompt and padding masked out).
+3. **Evaluation** on ``eval.splits`` (``sft.eval_episodes`` each), written to ``run_dir/sft.json``.
+
+The preset's ``sft.steps`` is deliberately short: the policy should stop imperfect (20-50 % success on household) so
+that RL has room to show what it adds.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from empg.train.config import TrainConfig
+from empg.train.metrics import check_finite
+
+
+@dataclass
+class Demo:
+    """One expert step: chat prompt tokens and response tokens (the model's target)."""
+
+    prompt_ids: list[int]
+    response_ids: list[int]
+    task_type: str
+    seed: int
+
+
+def collect_demos(
+    policy: Any,
+    env_id: str,
+    seeds: list[int],
+    *,
+    max_turns: int | None = None,
+    history: int = 2,
+    split: str = "train",
+    env_kwargs: dict | None = None,
+) -> list[Demo]:
+    """Expert episodes on ``seeds`` rendered as (prompt, response) token pairs with the rollout's prompt code."""
+    from empg.envs import make
+    from empg.rollout import prompts
+
+    demos: list[Demo] = []
+    for seed in seeds:
+        env = make(env_id, split, max_turns=max_turns, **(env_kwargs or {}))
+        obs, info = env.reset(seed=seed)
+        past: list[tuple[str, str]] = []
+        done, step = False, 0
+        while not done:
+            action = env.expert_action()
+            messages = prompts.build_messages(
+                env.family, info["task"], obs, past[-history:] if history else [], step, info["admissible_actions"]
+            )
+            text = prompts.expert_response(env.family, action)
+            demos.append(Demo(policy.chat_prompt_ids(messages), encode_response(policy, text), info["task_type"], seed))
+            past.append((obs, action))
+            task = info["task"]
+            obs, _, terminated, truncated, info = env.step(action)
+            info = {**info, "task": info.get("task") or task}  # as the rollout does
+            done = terminated or truncated
+            step += 1
+        env.close()
+    return demos
+
+
+def encode_response(policy: Any, text: str) -> list[int]:
+    """Token ids of a response as the policy would generate it.
+
+    Generation stops at the stop string ``</action>`` (``Policy.generate``), so a response ends with the action's
+    closing tag and no end-of-turn token; the SFT target does the same.
+    """
+    return list(policy.tokenizer.encode(text, add_special_tokens=False))
+
+
+def sft_train(
+    policy: Any,
+    demos: list[Demo],
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    progress: Any = None,
+) -> list[float]:
+    """Masked next-token loss on the response tokens; returns the loss of every step.
+
+    Args:
+        policy: an :class:`empg.policy.Policy` (trained in place).
+        demos: from :func:`collect_demos`.
+        steps, batch_size, lr, weight_decay: AdamW behaviour cloning settings.
+        seed: seeds the mini-batch shuffling.
+        progress: optional callable ``progress(step, loss)``.
+    """
+    from empg.policy.hf import response_logprobs
+    from empg.train.batch import sft_batch
+
+    if not demos:
+        raise ValueError("no demonstrations to train on; raise sft.episodes")
+    model = policy.model
+    pad = policy.tokenizer.pad_token_id
+    pad = pad if pad is not None else (policy.tokenizer.eos_token_id or 0)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
+    gen = torch.Generator().manual_seed(seed)
+    order: list[int] = []
+    losses: list[float] = []
+    model.eval()  # dropout off, as in RL
+    for step in range(steps):
+        if len(order) < batch_size:
+            order.extend(torch.randperm(len(demos), generator=gen).tolist())
+        idx, order = order[:batch_size], order[batch_size:]
+        batch = sft_batch([demos[i].prompt_ids for i in idx], [demos[i].response_ids for i in idx], pad)
+        logp, _ = response_logprobs(model, batch, temperature=1.0)
+        mask = batch.response_mask
+        loss = -(torch.where(mask != 0, logp, torch.zeros_like(logp))).sum() / mask.sum().clamp_min(1)
+        check_finite("SFT loss", loss, step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(float(loss.detach()))
+        if progress is not None:
+            progress(step, losses[-1])
+    return losses
+
+
+def run_sft(policy: Any, cfg: TrainConfig, run_dir: Path, *, console: Any = None) -> dict:
+    """Demos → behaviour cloning → evaluation; writes ``run_dir/sft.json`` and returns its content."""
+    from empg.envs import split_seeds
+    from empg.eval.evaluate import evaluate_policy
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    seeds = split_seeds("train", cfg.sft.episodes, start=cfg.sft.seed_offset)
+    demos = collect_demos(
+        policy, cfg.env.id, seeds, max_turns=cfg.env.max_turns, history=cfg.rollout.history, env_kwargs=cfg.env.kwargs
+    )
+    t_demos = time.perf_counter() - t0
+    torch.manual_seed(cfg.seed)
+    with _sft_progress(console, cfg.sft.steps) as progress:
+        losses = sft_train(
+            policy,
+            demos,
+            steps=cfg.sft.steps,
+            batch_size=cfg.sft.batch_size,
+            lr=cfg.sft.lr,
+            weight_decay=cfg.sft.weight_decay,
+            seed=cfg.seed,
+            progress=progress,
+        )
+    t_train = time.perf_counter() - t0 - t_demos
+    result: dict[str, Any] = {
+        "demo_episodes": len(seeds),
+        "demo_steps": len(demos),
+        "loss_first": losses[0] if losses else None,
+        "loss_last": losses[-1] if losses else None,
+        "losses": losses,
+        "time/demos": t_demos,
+        "eval_seed": cfg.seed * 1_000_003,
+        "time/train": t_train,
+    }
+    if cfg.sft.eval_episodes > 0:
+        t1 = time.perf_counter()
+        for split in cfg.eval.splits:
+            report = evaluate_policy(
+                policy,
+                cfg.env.id,
+                split,
+                cfg.sft.eval_episodes,
+                temperature=cfg.eval.temperature,
+                greedy=cfg.eval.greedy,
+                max_new_tokens=cfg.rollout.max_new_tokens,
+                max_turns=cfg.env.max_turns,
+                history=cfg.rollout.history,
+                seed=cfg.seed * 1_000_003,  # = the RL loop's iteration-0 evaluation, which reuses this result
+                env_kwargs=cfg.env.kwargs,
+            )
+            result[f"{split}/success"] = report.success
+            result[f"eval/{split}"] = report.to_dict()
+            if console is not None:
+                from empg.eval.evaluate import render_report
+
+                console.print(render_report(report, title=f"after SFT — {split}"))
+        result["time/eval"] = time.perf_counter() - t1
+    (run_dir / "sft.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+class _sft_progress:  # noqa: N801 - used like a function
+    """Rich progress bar for the SFT steps (no-op without a console)."""
+
+    def __init__(self, console: Any, total: int):
+        self.console, self.total, self._p = console, total, None
+
+    def __enter__(self):
+        if self.console is None:
+            return None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._p = Progress(TextColumn("[bold]SFT"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                           TextColumn("{task.description}"), console=self.console)  # fmt: skip
+        self._p.__enter__()
+        task = self._p.add_task("", total=self.total)
+        return lambda step, loss: self._p.update(task, completed=step + 1, description=f"loss {loss:.3f}")
+
+    def __exit__(self, *exc):
+        if self._p is not None:
+            self._p.__exit__(*exc)
+
+
+def run_sft_command(cfg: TrainConfig, *, console: Any = None) -> dict:
+    """`empg sft`: build the model, behaviour-clone it, evaluate, save ``run_dir/base_model`` (RL starts from it)."""
+    from empg.train.rl import _save_atomic, build_base_policy
+
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    from empg.train.config import to_yaml
+
+    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    policy = build_base_policy(cfg, console=console)
+    _save_atomic(policy, run_dir / "base_model")
+    return json.loads((run_dir / "sft.json").read_text())

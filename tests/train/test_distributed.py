@@ -1,0 +1,190 @@
+"""Two CPU processes (gloo) reproduce one single-process update on the same batch: advantages, loss, parameters."""
+
+from __future__ import annotations
+
+import os
+import socket
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from empg.rollout.types import StepRecord, TrajectorySummary
+from empg.train import rl
+from empg.train.config import TrainConfig
+from empg.train.distributed import (
+    DistInfo,
+    ddp_update_phase,
+    gather_cat,
+    global_step_advantages,
+    init_distributed,
+    renumber_shard,
+    shard_range,
+    train_distributed,
+)
+
+N_GROUPS, GROUP_SIZE, VOCAB = 3, 2, 40
+
+
+def tiny_model() -> torch.nn.Module:
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(
+        vocab_size=VOCAB,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+        initializer_range=0.5,  # spread-out logits: step entropies differ, so min-max does not amplify float noise
+    )
+    return Qwen2ForCausalLM(cfg).eval()
+
+
+def config() -> TrainConfig:
+    cfg = TrainConfig()
+    cfg.algo.empg, cfg.algo.kl_coef, cfg.algo.entropy_coef, cfg.algo.ppo_epochs = True, 0.0, 0.01, 2
+    cfg.optim.lr, cfg.optim.micro_batch_size, cfg.optim.mini_batches, cfg.optim.grad_clip = 1e-2, 2, 1, 1.0
+    return cfg
+
+
+def rollout(group_offset: int, n_groups: int) -> tuple[list, list]:
+    """Deterministic fake rollout of groups ``group_offset ...`` with local ids starting at 0 (as collect returns)."""
+    steps, trajs = [], []
+    for g_local in range(n_groups):
+        g = group_offset + g_local
+        for k in range(GROUP_SIZE):
+            gen = torch.Generator().manual_seed(100 * g + k)
+            n_steps = 1 + (g + k) % 3
+            won = (g + k) % 2 == 0
+            traj = g_local * GROUP_SIZE + k
+            for t in range(n_steps):
+                p_len, r_len = 3 + (t + k) % 4, 2 + (g + t) % 4
+                last = t == n_steps - 1
+                steps.append(
+                    StepRecord(
+                        group_id=g_local,
+                        traj_id=traj,
+                        step_idx=t,
+                        is_last=last,
+                        env_id="fake-v0",
+                        seed=g,
+                        task_type="x",
+                        prompt_ids=torch.randint(1, VOCAB, (p_len,), generator=gen).tolist(),
+                        response_ids=torch.randint(1, VOCAB, (r_len,), generator=gen).tolist(),
+                        response_text="",
+                        action="a",
+                        valid=True,
+                        parsed=True,
+                        env_reward=float(won and last),
+                        won=won and last,
+                        terminated=last,
+                        truncated=False,
+                        action_token_mask=[0] + [1] * (r_len - 1),
+                    )
+                )
+            trajs.append(TrajectorySummary(g_local, traj, "fake-v0", g, "x", n_steps, float(won), won, 0, False))
+    return renumber_shard(steps, trajs, group_offset, GROUP_SIZE)
+
+
+def one_update(steps, trajs, info: DistInfo) -> dict:
+    from empg.train.batch import StepBatch
+
+    cfg, model = config(), tiny_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr)
+    run = rl.Run(cfg, None, SimpleNamespace(model=model), opt, None, 0, [])
+    batch = StepBatch.from_records(steps, pad_id=0)
+    rl.score_phase(run, batch, 0)
+    adv, adv_metrics = global_step_advantages(cfg, batch, steps, trajs, 0, info)
+    batch.advantages = rl._broadcast(adv, batch.response_mask)
+    metrics = ddp_update_phase(run, batch, None, 0, info)
+    keys = [(s.traj_id, s.step_idx) for s in steps]
+    return {
+        "adv": dict(zip(keys, adv.tolist(), strict=True)),
+        "metrics": metrics,
+        "adv_metrics": adv_metrics,
+        "params": {n: p.detach().clone() for n, p in model.named_parameters()},
+    }
+
+
+def _worker(rank: int, world: int, port: int, out_dir: str, overrides: list[str]) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    info = init_distributed("gloo")
+    try:
+        # A. one update on a fixed batch, sharded by groups
+        lo, hi = shard_range(N_GROUPS, info)
+        steps, trajs = rollout(lo, hi - lo)
+        result = one_update(steps, trajs, info)
+        result["gathered"] = gather_cat(torch.arange(hi - lo) + 10 * rank, info)
+        # B. the whole loop (rollout, scoring, advantages, update, eval, log, checkpoint) on the tiny model
+        from empg.train.config import load_config
+
+        result["history"] = train_distributed(load_config(None, overrides), info=info)
+        torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_shard_range_covers_everything_once():
+    for n in range(0, 9):
+        for world in (1, 2, 3, 4):
+            parts = [shard_range(n, DistInfo(r, world)) for r in range(world)]
+            assert [i for lo, hi in parts for i in range(lo, hi)] == list(range(n))
+            assert max(hi - lo for lo, hi in parts) - min(hi - lo for lo, hi in parts) <= 1
+
+
+def test_renumber_shard_gives_global_ids():
+    steps, trajs = rollout(2, 1)  # group 2 of the global batch, alone on a rank
+    assert {t.group_id for t in trajs} == {2} and sorted(t.traj_id for t in trajs) == [4, 5]
+    assert {s.traj_id for s in steps} == {4, 5}
+
+
+def test_two_gloo_processes_match_one_process(tmp_path, tiny_model_dir, fast):
+    steps, trajs = rollout(0, N_GROUPS)
+    single = one_update(steps, trajs, DistInfo())
+    run_dir = tmp_path / "run"
+    overrides = fast(run_dir, tiny_model_dir, "algo.base=grpo", "algo.empg=true", "rollout.n_tasks=3")
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), overrides), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+
+    # rank 0 holds groups 0-1, rank 1 group 2 (uneven shards); gathered in rank order
+    assert ranks[0]["gathered"].tolist() == [0, 1, 10] and ranks[1]["gathered"].tolist() == [0, 1, 10]
+    # advantages: batch-global GRPO + EMPG, each rank's rows equal the single-process rows
+    merged = {**ranks[0]["adv"], **ranks[1]["adv"]}
+    assert merged.keys() == single["adv"].keys()
+    for key, value in single["adv"].items():  # each rank packs its own rows (narrower padding): float noise only
+        assert merged[key] == pytest.approx(value, abs=1e-5)
+    assert ranks[0]["adv_metrics"]["empg/g_mean"] == pytest.approx(1.0, abs=1e-6)
+    # the loss summed over ranks and the parameters after the update equal the single process, on both ranks
+    for key in ("loss/pg", "loss/entropy", "loss/total"):
+        for r in ranks:
+            assert r["metrics"][key] == pytest.approx(single["metrics"][key], abs=1e-5), key
+    before = tiny_model().state_dict()
+    for name, p in single["params"].items():
+        assert not torch.equal(p, before[name]), f"{name} did not change: the test would not see a wrong gradient"
+        for r in ranks:
+            torch.testing.assert_close(r["params"][name], p, atol=1e-5, rtol=0)
+
+    # B. the distributed loop ran 2 iterations; rank 0 alone wrote metrics and checkpoints
+    from empg.train.checkpoint import latest_checkpoint
+    from empg.train.metrics import read_metrics
+
+    assert ranks[1]["history"] == []
+    rows = read_metrics(run_dir)
+    assert [r["iteration"] for r in rows] == [1, 2] == [h["iteration"] for h in ranks[0]["history"]]
+    assert all(r["dist/world_size"] == 2.0 for r in rows) and "eval_out/success" in rows[-1]
+    trained = [r for r in rows if r["train/n_steps"] > 0]
+    assert len(trained) == 2 and all(
+        r["empg/g_mean"] == pytest.approx(1.0, abs=1e-5) and "loss/pg" in r for r in trained
+    )
+    assert latest_checkpoint(run_dir).name.endswith("2")

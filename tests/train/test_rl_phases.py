@@ -1,0 +1,217 @@
+"""Phases of the RL loop in isolation: advantages (golden values), DAPO dynamic sampling, micro-batch accumulation."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from empg.rollout.types import RolloutResult, StepRecord, TrajectorySummary
+from empg.train import rl
+from empg.train.config import load_config
+from empg.train.metrics import read_metrics
+
+
+def _step(traj_id, step_idx, group_id=0, is_last=False):
+    return StepRecord(
+        group_id,
+        traj_id,
+        step_idx,
+        is_last,
+        "household-v0",
+        0,
+        "t",
+        [1, 2],
+        [3, 4],
+        "x",
+        "a",
+        True,
+        True,
+        0.0,
+        False,
+        is_last,
+        False,
+    )
+
+
+def _traj(traj_id, group_id, outcome, n_invalid, length, seed=0):
+    return TrajectorySummary(
+        group_id, traj_id, "household-v0", seed, "t", length, float(outcome), bool(outcome), n_invalid, False
+    )
+
+
+def _golden_batch():
+    """Trajectory 0 succeeds in 2 steps; trajectory 1 fails in 1 step with 1 invalid action; same group.
+
+    Token entropies (2 response tokens per step): step (0,0) → [0, 0], step (0,1) → [1, 1], step (1,0) → [0.2, 0.8],
+    so the step entropies (mean over response tokens) are H = [0, 1, 0.5].
+    """
+    steps = [_step(0, 0), _step(0, 1, is_last=True), _step(1, 0, is_last=True)]
+    trajs = [_traj(0, 0, 1, 0, 2), _traj(1, 0, 0, 1, 1)]
+    mask = torch.tensor([[0.0, 1, 1], [0, 1, 1], [0, 1, 1]])
+    ent = torch.tensor([[9.0, 0, 0], [9.0, 1, 1], [float("nan"), 0.2, 0.8]])  # position 0 is prompt: never used
+    batch = SimpleNamespace(
+        response_mask=mask,
+        token_entropy=ent,
+        action_mask=torch.zeros(3, 3),
+        traj_id=torch.tensor([0, 0, 1]),
+        step_idx=torch.tensor([0, 1, 0]),
+    )
+    return batch, steps, trajs
+
+
+def test_grpo_advantages_golden():
+    batch, steps, trajs = _golden_batch()
+    cfg = load_config(None, ["algo.empg=false"])
+    adv, m = rl.advantage_phase(cfg, batch, steps, trajs, 0)
+    # R = [10*1 - 0.1*0, 10*0 - 0.1*1] = [10, -0.1]; mean 4.95; unbiased std = 5.05*sqrt(2) = 7.1418
+    # A = ±5.05 / (7.1418 + 1e-6) = ±0.707107, each step of a trajectory gets its trajectory's advantage
+    assert adv.tolist() == pytest.approx([0.707107, 0.707107, -0.707107], abs=1e-6)
+    assert m["adv/success_before"] == pytest.approx(0.707107, abs=1e-6)
+    assert m["adv/failure_after"] == pytest.approx(-0.707107, abs=1e-6)
+    dr = load_config(None, ["algo.empg=false", "algo.norm_by_std=false"])
+    assert rl.advantage_phase(dr, batch, steps, trajs, 0)[0].tolist() == pytest.approx([5.05, 5.05, -5.05])
+
+
+def test_empg_advantages_golden():
+    batch, steps, trajs = _golden_batch()
+    cfg = load_config(None, ["algo.empg=true"])
+    adv, m = rl.advantage_phase(cfg, batch, steps, trajs, 0)
+    # H = [0, 1, 0.5] → H̃ = [0, 1, 0.5]; exp(-H̃) = [1, 0.367879, 0.606531], mean 0.658137
+    # g = [1.519441, 0.558971, 0.921588]; f only for step (0,0): exp(-H̃(0,1)) = exp(-1) = 0.367879
+    # A_mod = [1.519441*0.707107 + 0.1*0.367879, 0.558971*0.707107, -0.921588*0.707107]
+    #       = [1.111195, 0.395252, -0.651661]; mean 0.284929 → A_final = A_mod - mean
+    assert adv.tolist() == pytest.approx([0.826266, 0.110323, -0.936590], abs=1e-5)
+    assert m["empg/g_mean"] == pytest.approx(1.0, abs=1e-6)
+    assert m["empg/g_max"] == pytest.approx(1.519441, abs=1e-5)
+    assert m["empg/f_mean"] == pytest.approx(0.367879, abs=1e-5)
+    assert m["adv/success_before"] == pytest.approx((1.111195 + 0.395252) / 2, abs=1e-5)
+    assert m["adv/success_after"] == pytest.approx((0.826266 + 0.110323) / 2, abs=1e-5)
+    # step_entropy="action" with no action tokens falls back to the mean: same result
+    cfg_a = load_config(None, ["algo.empg=true", "algo.step_entropy=action"])
+    assert rl.advantage_phase(cfg_a, batch, steps, trajs, 0)[0].tolist() == pytest.approx(adv.tolist(), abs=1e-6)
+
+
+class FakeCollect:
+    """Outcomes by seed: seeds in ``informative`` give one success and one failure per group, others all fail."""
+
+    def __init__(self, informative):
+        self.informative = set(informative)
+        self.calls = []
+
+    def __call__(self, policy, env_id, seeds, *, group_size, **kwargs):
+        self.calls.append(list(seeds))
+        steps, trajs = [], []
+        for g, seed in enumerate(seeds):
+            for j in range(group_size):
+                tid = g * group_size + j
+                won = seed in self.informative and j == 0
+                steps.append(_step(tid, 0, group_id=g, is_last=True))
+                trajs.append(_traj(tid, g, int(won), 0, 1, seed=seed))
+        return RolloutResult(steps, trajs)
+
+
+def _fake_run(overrides, pool):
+    cfg = load_config(None, ["rollout.n_tasks=2", "rollout.group_size=2", *overrides])
+    return SimpleNamespace(cfg=cfg, policy=None, train_pool=pool)
+
+
+def test_dynamic_sampling_resamples_until_enough_informative_groups(monkeypatch):
+    import empg.rollout
+
+    fake = FakeCollect(informative={0, 3, 5})
+    monkeypatch.setattr(empg.rollout, "collect", fake)
+    run = _fake_run(["algo.base=dapo", "algo.max_resample_rounds=10"], pool=list(range(8)))
+    steps, trajs, m = rl.rollout_phase(run, 0)
+    assert m["dapo/kept_groups"] == 2 and len({t.group_id for t in trajs}) == 2
+    assert {t.seed for t in trajs} <= {0, 3, 5}
+    assert m["dapo/rounds"] == len(fake.calls) >= 1
+    # ids are unique across rounds and steps follow their trajectories
+    assert len({t.traj_id for t in trajs}) == len(trajs) == 4
+    assert {s.traj_id for s in steps} == {t.traj_id for t in trajs}
+    for t in trajs:  # each kept group has one success and one failure
+        assert sorted(u.success for u in trajs if u.group_id == t.group_id) == [False, True]
+
+
+def test_dynamic_sampling_gives_up_after_max_rounds(monkeypatch):
+    import empg.rollout
+
+    fake = FakeCollect(informative=set())
+    monkeypatch.setattr(empg.rollout, "collect", fake)
+    run = _fake_run(["algo.base=dapo", "algo.max_resample_rounds=3"], pool=list(range(8)))
+    steps, trajs, m = rl.rollout_phase(run, 0)
+    assert steps == [] and trajs == [] and len(fake.calls) == 4 and m["dapo/rounds"] == 4
+    assert m["train/success"] == 0.0
+    # GRPO keeps everything in one round
+    grpo = _fake_run(["algo.base=grpo"], pool=list(range(8)))
+    steps, trajs, m = rl.rollout_phase(grpo, 0)
+    assert len(trajs) == 4 and m["dapo/rounds"] == 1
+
+
+def test_task_sampling_is_a_function_of_seed_and_iteration():
+    pool = list(range(100))
+    a = rl.sample_tasks(pool, 5, rl.generator_for(0, 3, "tasks"))
+    b = rl.sample_tasks(pool, 5, rl.generator_for(0, 3, "tasks"))
+    c = rl.sample_tasks(pool, 5, rl.generator_for(0, 4, "tasks"))
+    assert a == b != c and len(set(a)) == 5
+
+
+def test_micro_batches_accumulate_to_the_full_batch(tmp_path, tiny_model_dir, fast):
+    """micro_batch_size 1 and 64 give the same loss and the same parameters (global token denominator)."""
+    from safetensors.torch import load_file
+
+    out = {}
+    for micro in (1, 64):
+        run_dir = tmp_path / f"m{micro}"
+        cfg = load_config(
+            None,
+            fast(
+                run_dir,
+                tiny_model_dir,
+                "iterations=1",
+                "algo.empg=true",
+                "eval.every=0",
+                f"optim.micro_batch_size={micro}",
+            ),
+        )
+        rl.train(cfg)
+        out[micro] = (read_metrics(run_dir)[0], load_file(str(run_dir / "checkpoints/iter_0001/model.safetensors")))
+    (m1, p1), (m64, p64) = out[1], out[64]
+    assert m1["loss/pg"] == pytest.approx(m64["loss/pg"], rel=1e-4, abs=1e-7)
+    for k in p1:
+        torch.testing.assert_close(p1[k], p64[k], rtol=1e-4, atol=5e-5)  # Adam: ~lr*sign(g) for tiny g
+
+
+def test_scoring_fills_entropies_and_renyi2(tmp_path, tiny_model_dir, fast):
+    """One rollout + scoring: Rényi-2 ≤ Shannon entropy per token (H₂ ≤ H₁), both 0 off the response mask."""
+    cfg = load_config(None, fast(tmp_path / "run", tiny_model_dir, "algo.empg=true", "algo.step_entropy=renyi2"))
+    run = rl.setup_run(cfg)
+    steps, trajs, _ = rl.rollout_phase(run, 0)
+    batch = rl.pack_steps(run.policy, steps)
+    assert rl.score_phase(run, batch, 0) is not None  # kl_coef defaults to 0.01: reference log-probs
+    m = batch.response_mask != 0
+    h1, h2 = batch.token_entropy, batch.token_renyi2
+    assert bool((h2[m] > 0).all()) and bool((h2[m] <= h1[m] + 1e-5).all())
+    assert bool((h1[~m] == 0).all()) and bool((h2[~m] == 0).all()) and bool((batch.old_logprobs[~m] == 0).all())
+    assert bool((batch.old_logprobs[m] < 0).all())
+    h_step = rl.step_entropies(cfg, batch)
+    assert h_step.shape == (len(steps),)
+    torch.testing.assert_close(h_step, h2.sum(-1) / m.sum(-1))
+
+
+@pytest.mark.parametrize("mode", ["renyi2", "action", "weighted"])
+def test_step_entropy_modes_train(mode, tmp_path, tiny_model_dir, fast):
+    cfg = load_config(
+        None,
+        fast(
+            tmp_path / "run",
+            tiny_model_dir,
+            "iterations=1",
+            "eval.every=0",
+            "algo.empg=true",
+            f"algo.step_entropy={mode}",
+        ),
+    )
+    row = rl.train(cfg)[-1]
+    assert row["empg/g_mean"] == pytest.approx(1.0, abs=1e-5)
