@@ -54,3 +54,19 @@ def test_every_help_renders(cmd, capsys):
         main([*cmd, "--help"])
     assert e.value.code == 0
     assert "usage: empg" in capsys.readouterr().out
+
+
+def test_envs_play_follows_the_expert_to_success(monkeypatch, capsys):
+    """`empg envs play household-v0 --seed 3` driven by typed lines: the expert wins within the turn limit."""
+    monkeypatch.setattr("builtins.input", lambda prompt="": "expert")
+    assert main(["envs", "play", "household-v0", "--seed", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "Your task is to:" in out and "[expert]" in out
+
+
+def test_envs_play_quit_and_list(monkeypatch, capsys):
+    lines = iter(["look", "quit"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
+    assert main(["envs", "play", "shop-v0", "--seed", "8"]) == 0
+    assert main(["envs", "list"]) == 0
+    assert "household-v0" in capsys.readouterr().out

@@ -61,7 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dirs", type=Path, nargs="+")
     p.add_argument("--out", type=Path, default=None, help="Output folder (default: FIRST_RUN/plots).")
 
-    sub.add_parser("envs", help="List the registered environments.")
+    p = sub.add_parser("envs", help="List the registered environments, or play one in the terminal.")
+    envs_sub = p.add_subparsers(dest="envs_command")
+    envs_sub.add_parser("list", help="List the registered environments (the default).")
+    q = envs_sub.add_parser("play", help="Play an env by typing actions ('expert', 'help', 'quit' also work).")
+    q.add_argument("env_id", help="A registered id, e.g. household-v0 (see `empg envs list`).")
+    q.add_argument(
+        "--seed", type=int, default=None, help="Episode seed (its split follows from it)."
+    )
+    q.add_argument("--split", default=None, choices=["train", "eval_in", "eval_out"], help="Split when no --seed.")
+    q.add_argument("--max-turns", type=int, default=None, help="Turn limit (default: the env's).")
     return parser
 
 
@@ -109,6 +118,12 @@ def _cmd_plot(args: argparse.Namespace, console: Console) -> int:
 
 def _cmd_envs(args: argparse.Namespace, console: Console) -> int:
     from rich.table import Table
+
+    if getattr(args, "envs_command", None) == "play":
+        from empg.envs.play import play
+
+        result = play(args.env_id, seed=args.seed, split=args.split, max_turns=args.max_turns)
+        return 0 if result.won or result.quit else 1
 
     from empg.envs import list_envs, spec
 
