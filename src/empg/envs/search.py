@@ -21,6 +21,15 @@ Anything else (no brackets, unknown verb, empty query/answer) is invalid: ``vali
 Splits: ``train`` and ``eval_in`` draw from the :data:`SEEN_TEMPLATES` (2–3 hops); ``eval_out`` draws from the
 held-out :data:`HELDOUT_TEMPLATES` (new relation chains, 2–4 hops). ``task_type`` is ``f"{hops}hop"``;
 ``info["template"]`` names the template.
+
+A real retriever (``retriever="http"``): ``search[...]`` goes to a Search-R1-style retrieval server
+(``retriever_url``, ``POST /retrieve`` with ``queries`` and ``topk``; see :mod:`empg.envs.adapters.retriever`), so
+users can point the env at their own e5/BM25 Wikipedia server. A timeout or server error is a *valid* search whose
+observation says the search failed; the episode goes on. With ``qa_path`` (a JSONL of ``{"question", "answers"}``,
+e.g. HotpotQA or Musique exported by the user) the questions come from that file: record ``j`` belongs to split
+``split_of_seed(j)`` (80/10/10, disjoint), and seed ``s`` asks the ``split_index(s)``-th record of its split (modulo
+their number). An answer is correct when it matches any gold answer (F1: the best over them); ``task_type`` is
+``"qa"``, and the expert is a trivial oracle (``answer[<first gold answer>]``) since the hidden chain is unknown.
 """
 
 from __future__ import annotations
@@ -314,17 +323,48 @@ class SearchEnv(TextEnv):
     family = "search"
     max_turns = 10
 
-    def __init__(self, split: str = "train", *, kb_seed: int = 0, top_k: int = 3, strict_split: bool = True):
+    def __init__(
+        self,
+        split: str = "train",
+        *,
+        kb_seed: int = 0,
+        top_k: int = 3,
+        strict_split: bool = True,
+        retriever: str = "bm25",
+        retriever_url: str | None = None,
+        retriever_timeout: float = 10.0,
+        qa_path: str | None = None,
+    ):
         super().__init__(split, strict_split=strict_split)
         if not isinstance(top_k, int) or top_k < 1:
             raise ValueError(f"top_k must be a positive int, got {top_k!r}")
+        if retriever not in ("bm25", "http"):
+            raise ValueError(f"retriever must be 'bm25' or 'http', got {retriever!r}")
+        if retriever == "http" and not retriever_url:
+            raise ValueError("retriever='http' needs retriever_url='http://host:port/retrieve' (your retrieval server)")
+        if qa_path is not None and retriever != "http":
+            raise ValueError("qa_path (your own QA data) needs retriever='http' and a retriever_url over your corpus")
         self.kb = build_kb(kb_seed)
         self.top_k = top_k
+        self.http = None
+        if retriever == "http":
+            from empg.envs.adapters.retriever import HttpRetriever
+
+            self.http = HttpRetriever(retriever_url, topk=top_k, timeout=retriever_timeout)
+        self.qa_items = _qa_items_of_split(qa_path, split) if qa_path is not None else None
         self.question: Question | None = None
+        self.qa = None
 
     def _reset(self, seed: int, options: dict) -> tuple[str, dict]:
-        self.question = question_for_seed(self.kb, seed)
         self._seen: set[int] = set()
+        self._seen_titles: set[str] = set()
+        if self.qa_items is not None:
+            from empg.envs.adapters.scienceworld import split_index
+
+            self.qa = self.qa_items[split_index(seed) % len(self.qa_items)]
+            self.question = Question(self.qa.question, "user-qa", (), self.qa.answers[0])
+        else:
+            self.question = question_for_seed(self.kb, seed)
         obs = (
             f"Question: {self.question.text}\n"
             "Use search[query] to look things up and answer[text] to give your final answer."
@@ -335,7 +375,7 @@ class SearchEnv(TextEnv):
         q = self.question
         return {
             "task": q.text,
-            "task_type": f"{q.n_hops}hop",
+            "task_type": "qa" if self.qa is not None else f"{q.n_hops}hop",
             "template": q.template,
             "valid": valid,
             "won": False,
@@ -350,16 +390,28 @@ class SearchEnv(TextEnv):
             return obs, 0.0, False, self._info(False)
         verb, arg = parsed
         if verb == "answer":
-            gold = self.question.answer
-            won = exact_match(arg, gold)
+            golds = self.qa.answers if self.qa is not None else (self.question.answer,)
+            won = any(exact_match(arg, g) for g in golds)
             verdict = "correct" if won else "incorrect"
-            extra = {"f1": f1_score(arg, gold), "answer": gold}
+            extra = {"f1": max(f1_score(arg, g) for g in golds), "answer": golds[0]}
             return (
                 f"You answered: {arg}. That is {verdict}.",
                 float(won),
                 True,
                 {**self._info(True, **extra), "won": won},
             )
+        if self.http is not None:
+            from empg.envs.adapters.retriever import RetrieverError
+
+            try:
+                passages = self.http.search(arg)
+            except RetrieverError as exc:  # a failed search is still a valid action: the agent may retry
+                body = f"Search failed: {exc}"
+            else:
+                self._seen_titles.update(p.title for p in passages)
+                blocks = [f"<doc {i}> {p.title}: {p.text} </doc>" for i, p in enumerate(passages, 1)]
+                body = "\n".join(blocks) if blocks else "No results found."
+            return f"Question: {self.question.text}\nResults for {arg!r}:\n{body}", 0.0, False, self._info(True)
         hits = self.kb.search(arg, self.top_k)
         self._seen.update(hits)
         blocks = [f"<doc {i}> {self.kb.docs[h].title}: {self.kb.docs[h].text} </doc>" for i, h in enumerate(hits, 1)]
@@ -367,8 +419,23 @@ class SearchEnv(TextEnv):
         return f"Question: {self.question.text}\nResults for {arg!r}:\n{body}", 0.0, False, self._info(True)
 
     def expert_action(self) -> str:
-        """Search the exact title of the first hop document not yet retrieved; answer once all were retrieved."""
+        """Search the exact title of the first hop document not yet retrieved; answer once all were retrieved.
+
+        With user QA data (``qa_path``) the hops are unknown: the oracle answers directly.
+        """
         for relation, entity in self.question.hops:
-            if self.kb.doc_of[(relation, entity)] not in self._seen:
+            doc = self.kb.doc_of[(relation, entity)]
+            seen = doc in self._seen or (self.http is not None and self.kb.docs[doc].title in self._seen_titles)
+            if not seen:
                 return f"search[{hop_query(self.kb, relation, entity)}]"
         return f"answer[{self.question.answer}]"
+
+
+def _qa_items_of_split(path: str, split: str) -> list:
+    """Records of a user QA JSONL that belong to ``split`` (record j → ``split_of_seed(j)``)."""
+    from empg.envs.adapters.retriever import load_qa_jsonl
+
+    items = [item for j, item in enumerate(load_qa_jsonl(path)) if split_of_seed(j) == split]
+    if not items:
+        raise ValueError(f"{path} has no record for split {split!r} (record j goes to split_of_seed(j)); add records")
+    return items
