@@ -66,9 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     envs_sub.add_parser("list", help="List the registered environments (the default).")
     q = envs_sub.add_parser("play", help="Play an env by typing actions ('expert', 'help', 'quit' also work).")
     q.add_argument("env_id", help="A registered id, e.g. household-v0 (see `empg envs list`).")
-    q.add_argument(
-        "--seed", type=int, default=None, help="Episode seed (its split follows from it)."
-    )
+    q.add_argument("--seed", type=int, default=None, help="Episode seed (its split follows from it).")
     q.add_argument("--split", default=None, choices=["train", "eval_in", "eval_out"], help="Split when no --seed.")
     q.add_argument("--max-turns", type=int, default=None, help="Turn limit (default: the env's).")
     return parser
