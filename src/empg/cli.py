@@ -120,7 +120,13 @@ def _cmd_envs(args: argparse.Namespace, console: Console) -> int:
     if getattr(args, "envs_command", None) == "play":
         from empg.envs.play import play
 
-        result = play(args.env_id, seed=args.seed, split=args.split, max_turns=args.max_turns)
+        result = play(
+            args.env_id,
+            seed=args.seed,
+            split=args.split,
+            max_turns=args.max_turns,
+            input_fn=lambda prompt: input(prompt),  # looked up at call time (tests and wrappers may replace it)
+        )
         return 0 if result.won or result.quit else 1
 
     from empg.envs import list_envs, spec
