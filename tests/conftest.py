@@ -1,3 +1,5 @@
+"""Shared fixtures: a tiny policy with a tokenizer trained on a handful of prompt/response texts."""
+
 import pytest
 import torch
 
