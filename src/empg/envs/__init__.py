@@ -17,6 +17,7 @@ from empg.envs.core import (
     make,
     register,
     spec,
+    split_index,
     split_of_seed,
     split_seeds,
 )
@@ -78,6 +79,7 @@ __all__ = [
     "make",
     "register",
     "spec",
+    "split_index",
     "split_of_seed",
     "split_seeds",
 ]

@@ -41,6 +41,17 @@ def split_of_seed(seed: int) -> str:
     return "eval_in" if r == 8 else "eval_out" if r == 9 else "train"
 
 
+def split_index(seed: int) -> int:
+    """Index of ``seed`` within its split: the number of smaller seeds of the same split.
+
+    >>> [split_index(s) for s in (0, 7, 10, 8, 18, 9, 19)]
+    [0, 7, 8, 0, 1, 0, 1]
+    """
+    if split_of_seed(seed) == "train":
+        return (seed // 10) * 8 + seed % 10
+    return seed // 10
+
+
 def split_seeds(split: str, n: int, start: int = 0) -> list[int]:
     """The ``n`` smallest seeds ``>= start`` that belong to ``split`` (deterministic, disjoint across splits)."""
     check_split(split)

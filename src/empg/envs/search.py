@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from empg.envs._text import BM25Index, exact_match, f1_score, parse_tool_action
-from empg.envs.core import TextEnv, split_of_seed
+from empg.envs.core import TextEnv, split_index, split_of_seed
 
 __all__ = [
     "HELDOUT_TEMPLATES",
@@ -359,8 +359,6 @@ class SearchEnv(TextEnv):
         self._seen: set[int] = set()
         self._seen_titles: set[str] = set()
         if self.qa_items is not None:
-            from empg.envs.adapters.scienceworld import split_index
-
             self.qa = self.qa_items[split_index(seed) % len(self.qa_items)]
             self.question = Question(self.qa.question, "user-qa", (), self.qa.answers[0])
         else:

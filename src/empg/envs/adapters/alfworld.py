@@ -61,8 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from empg.envs.adapters.alfworld_pddl import ALFRED_CLASSES, SEMANTICS, scene_to_pddl
-from empg.envs.adapters.scienceworld import split_index
-from empg.envs.core import TextEnv
+from empg.envs.core import TextEnv, split_index
 from empg.envs.household_scene import HouseholdScene, generate_scene
 
 __all__ = [

@@ -51,7 +51,7 @@ import subprocess
 import weakref
 from typing import Any
 
-from empg.envs.core import TextEnv, split_of_seed
+from empg.envs.core import TextEnv, split_index, split_of_seed
 
 __all__ = ["ScienceWorldEnv", "ScienceWorldError", "split_index"]
 
@@ -66,18 +66,6 @@ _ENGINE_SPLIT = {"train": "train", "eval_in": "dev", "eval_out": "test"}
 
 class ScienceWorldError(RuntimeError):
     """ScienceWorld could not start, or its JVM died (create a new env to restart it)."""
-
-
-def split_index(seed: int) -> int:
-    """Index of ``seed`` within its split: the number of smaller seeds of the same split.
-
-    >>> [split_index(s) for s in (0, 7, 10, 8, 18, 9, 19)]
-    [0, 7, 8, 0, 1, 0, 1]
-    """
-    split = split_of_seed(seed)
-    if split == "train":
-        return (seed // 10) * 8 + seed % 10
-    return seed // 10
 
 
 def _check_java() -> str:

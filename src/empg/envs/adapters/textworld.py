@@ -54,8 +54,7 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-from empg.envs.adapters.scienceworld import split_index
-from empg.envs.core import TextEnv, split_of_seed
+from empg.envs.core import TextEnv, split_index, split_of_seed
 
 __all__ = ["EVAL_OUT_SETTINGS", "TRAIN_SETTINGS", "TextWorldEnv", "default_cache_dir", "generate_game"]
 

@@ -44,8 +44,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from empg.envs.adapters.scienceworld import split_index
-from empg.envs.core import TextEnv, split_of_seed
+from empg.envs.core import TextEnv, split_index, split_of_seed
 
 __all__ = ["SETUP_STEPS", "WebShopEnv", "parse_webshop_action"]
 
