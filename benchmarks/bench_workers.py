@@ -1,9 +1,16 @@
-"""Env-steps/s of in-process envs vs Ray env workers (1 and 2 actors) on the expert policy.
+"""Env-steps/s of in-process envs vs Ray env workers (1 and 2 actors).
 
-Every env plays full episodes with ``expert_action()``; in-process envs are stepped one after the other, the Ray pool
-steps all live envs of a turn concurrently (one call per worker per turn, :meth:`RayEnvPool.step_many`). With
-``--step-ms`` each env step also sleeps that long, standing in for an expensive env (a simulator or a web server):
-Ray pays off only there, since a step of the embedded envs costs microseconds and a Ray round trip about a millisecond.
+Two paths (``--paths``):
+
+* ``expert`` — every env plays full episodes with ``expert_action()``; in-process envs are stepped one after the
+  other, the Ray pool steps all live envs of a turn together (:meth:`RayEnvPool.step_many`).
+* ``collect`` — the trainer's rollout loop, :func:`empg.rollout.collect_with_envs`, with a constant policy (always
+  ``look``, so every episode runs to ``--max-turns``) over a list of in-process envs or a :class:`RayEnvPool`.
+  This is what ``rollout.env_workers: N`` runs, minus the model.
+
+With ``--step-ms`` each env step also sleeps that long, standing in for an expensive env (a simulator or a web
+server): Ray pays off only there, since a step of the embedded envs costs microseconds and a Ray round trip about a
+millisecond.
 
     python benchmarks/bench_workers.py --envs 8 --episodes 2 --step-ms 0 5
 """
@@ -71,6 +78,57 @@ def run_ray(n_envs: int, workers: int, episodes: int, step_ms: float, max_turns:
         return steps, time.perf_counter() - t0
 
 
+class _ConstTokenizer:
+    def decode(self, ids, skip_special_tokens=True):
+        return LOOK if ids else ""
+
+
+LOOK = "<action>look</action>"
+
+
+class LookPolicy:
+    """The policy interface ``collect_with_envs`` needs, answering ``look`` at once (one token per response)."""
+
+    tokenizer = _ConstTokenizer()
+
+    def chat_prompt_ids(self, messages):
+        return [1]
+
+    def generate(self, prompt_ids, **kwargs):
+        from empg.policy.hf import Generation
+
+        return [Generation([1], LOOK, None, None, "stop") for _ in prompt_ids]
+
+
+def run_collect(envs, episodes: int, max_turns: int) -> tuple[int, float]:
+    from empg.rollout import collect_with_envs
+
+    steps, t0 = 0, time.perf_counter()
+    for ep in range(episodes):
+        seeds = [split_seeds("train", 1, start=10 * (ep * len(envs) + i))[0] for i in range(len(envs))]
+        result = collect_with_envs(LookPolicy(), envs, seeds, max_turns=max_turns, record_behaviour=False)
+        assert not any(t.failed for t in result.trajectories)
+        steps += len(result.steps)
+    return steps, time.perf_counter() - t0
+
+
+def collect_in_process(n_envs: int, episodes: int, step_ms: float, max_turns: int) -> tuple[int, float]:
+    envs = [make(ENV_ID, max_turns=max_turns, step_ms=step_ms) for _ in range(n_envs)]
+    return run_collect(envs, episodes, max_turns)
+
+
+def collect_ray(n_envs: int, workers: int, episodes: int, step_ms: float, max_turns: int) -> tuple[int, float]:
+    from empg.rollout.workers import RayEnvPool
+
+    with RayEnvPool(
+        ENV_ID, n_envs, n_workers=workers, max_turns=max_turns, env_kwargs={"step_ms": step_ms}, num_cpus_per_worker=0.5
+    ) as pool:
+        return run_collect(pool, episodes, max_turns)
+
+
+PATHS = {"expert": (run_in_process, run_ray), "collect": (collect_in_process, collect_ray)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--envs", type=int, default=8, help="number of envs")
@@ -78,6 +136,7 @@ def main() -> None:
     parser.add_argument("--max-turns", type=int, default=50, help="turn limit")
     parser.add_argument("--step-ms", type=float, nargs="+", default=[0.0, 5.0], help="simulated cost of one step")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="Ray worker counts")
+    parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=list(PATHS), help="what to time")
     args = parser.parse_args()
 
     import ray
@@ -88,19 +147,25 @@ def main() -> None:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
     try:
         print(
-            f"{'step cost':>10} {'backend':>14} {'env steps':>10} {'seconds':>9} {'steps/s':>10} {'vs in-process':>14}"
+            f"{'path':>8} {'step cost':>10} {'backend':>12} {'env steps':>10} {'seconds':>9} {'steps/s':>10} "
+            f"{'vs in-process':>14}"
         )
-        for step_ms in args.step_ms:
-            steps, secs = run_in_process(args.envs, args.episodes, step_ms, args.max_turns)
-            base = steps / secs
-            print(f"{step_ms:>8.1f}ms {'in-process':>14} {steps:>10} {secs:>9.2f} {base:>10.1f} {1.0:>13.2f}x")
-            for workers in args.workers:
-                steps, secs = run_ray(args.envs, workers, args.episodes, step_ms, args.max_turns)
-                rate = steps / secs
-                label = f"ray x{workers}"
-                print(f"{step_ms:>8.1f}ms {label:>14} {steps:>10} {secs:>9.2f} {rate:>10.1f} {rate / base:>13.2f}x")
+        for path in args.paths:
+            local, remote = PATHS[path]
+            for step_ms in args.step_ms:
+                steps, secs = local(args.envs, args.episodes, step_ms, args.max_turns)
+                base = steps / secs
+                _row(path, step_ms, "in-process", steps, secs, base)
+                for workers in args.workers:
+                    steps, secs = remote(args.envs, workers, args.episodes, step_ms, args.max_turns)
+                    _row(path, step_ms, f"ray x{workers}", steps, secs, base)
     finally:
         ray.shutdown()
+
+
+def _row(path: str, step_ms: float, label: str, steps: int, secs: float, base: float) -> None:
+    rate = steps / secs
+    print(f"{path:>8} {step_ms:>8.1f}ms {label:>12} {steps:>10} {secs:>9.2f} {rate:>10.1f} {rate / base:>13.2f}x")
 
 
 if __name__ == "__main__":
