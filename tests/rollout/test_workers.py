@@ -95,6 +95,41 @@ class _LookPolicy:
         return [_Gen([ord(c) for c in text], text, [0.0] * len(text), [1.0] * len(text)) for _ in prompt_ids]
 
 
+def test_collect_over_the_pool_equals_in_process_with_one_call_per_worker_per_turn(
+    pool, local_transcripts, monkeypatch
+):
+    from empg.rollout import collect_with_envs
+
+    seeds, _ = local_transcripts
+    env_seeds = [seeds[0], seeds[0], seeds[1], seeds[1]]
+    local = collect_with_envs(
+        _LookPolicy(), [make(ENV_ID, max_turns=MAX_TURNS) for _ in env_seeds], env_seeds, max_turns=3
+    )
+    calls = []
+    submit = pool._submit
+    monkeypatch.setattr(pool, "_submit", lambda w, items: calls.append((w, [i[1] for i in items])) or submit(w, items))
+    remote = collect_with_envs(_LookPolicy(), pool, env_seeds, max_turns=3)
+    assert remote.steps == local.steps and remote.trajectories == local.trajectories
+    # 4 resets (one call each), then per turn one call per worker carrying both of its envs' steps
+    step_calls = [c for c in calls if c[1][0] == "step"]
+    assert len(calls) == 4 + len(step_calls) and len(step_calls) == 3 * 2
+    assert all(methods == ["step", "step"] for _, methods in step_calls)
+    assert sorted(w for w, _ in step_calls) == [0, 0, 0, 1, 1, 1]
+
+
+def test_a_submitted_step_that_is_not_collected_is_never_sent(pool, local_transcripts):
+    seeds, local = local_transcripts
+    env = pool[0]
+    env.reset(seed=seeds[0])
+    env.submit_step("go to fridge 1")
+    assert env.reset(seed=seeds[0]) == local[0][0]  # reset dropped the queued step
+    env.submit_step("go to fridge 1")
+    first = env.expert_action()
+    assert env.step(first) == local[0][1]  # another action: the queued one is dropped, this one runs
+    pool._flush()  # nothing queued is left to send
+    assert pool._queue == {}
+
+
 def test_killed_worker_is_survived(pool, local_transcripts):
     from empg.rollout import collect_with_envs
 

@@ -13,6 +13,10 @@ left-padded batch with the KV cache (:meth:`empg.policy.Policy.generate`), parse
   stops every trajectory after ``max_turns`` (default: the env's ``max_turns`` or 50) and marks it truncated.
 * **Env failures.** An exception from ``reset``/``step`` ends that trajectory with ``failed=True`` (excluded from
   training) instead of crashing the whole rollout.
+* **Remote envs.** When an env has a ``submit_step(action)`` hook (:class:`empg.rollout.workers.RemoteEnv`, an env
+  hosted by a Ray actor), all steps of a turn are submitted before the first result is collected, so the workers
+  step their envs in parallel; ``step`` then returns the submitted step's result. In-process envs have no such hook
+  and are stepped one after the other, in env order.
 """
 
 from __future__ import annotations
@@ -170,8 +174,10 @@ def collect_with_envs(
         stats["time/generate"] += time.perf_counter() - t0
         stats["tokens"] += sum(len(g.response_ids) for g in gens)
         t0 = time.perf_counter()
-        for tr, p_ids, gen in zip(live, prompt_ids, gens, strict=True):
-            _advance(tr, p_ids, gen, policy.tokenizer, _turn_cap(tr.env, max_turns))
+        actions = [prompts.parse_action(gen.text) for gen in gens]
+        _submit_steps(live, gens, actions)
+        for tr, p_ids, gen, action in zip(live, prompt_ids, gens, actions, strict=True):
+            _advance(tr, p_ids, gen, action, policy.tokenizer, _turn_cap(tr.env, max_turns))
         stats["time/env"] += time.perf_counter() - t0
         stats["env_steps"] += len(live)
         turn += 1
@@ -208,10 +214,22 @@ def _messages(tr: _Traj, history: int) -> list[dict]:
     )
 
 
-def _advance(tr: _Traj, prompt_ids: list[int], gen: Any, tokenizer: Any, cap: int) -> None:
-    """Parse ``gen``, step the env, append the StepRecord; mark the trajectory done when it ends."""
-    action = prompts.parse_action(gen.text)
-    sent = action if action is not None else gen.text
+def _sent(gen: Any, action: str | None) -> str:
+    """What the env receives: the parsed action, or the raw response when it has no well-formed action."""
+    return action if action is not None else gen.text
+
+
+def _submit_steps(live: list[_Traj], gens: list, actions: list[str | None]) -> None:
+    """Start the step of every env that offers ``submit_step`` (Ray-hosted envs) before any result is awaited."""
+    for tr, gen, action in zip(live, gens, actions, strict=True):
+        submit = getattr(tr.env, "submit_step", None)
+        if submit is not None:
+            submit(_sent(gen, action))
+
+
+def _advance(tr: _Traj, prompt_ids: list[int], gen: Any, action: str | None, tokenizer: Any, cap: int) -> None:
+    """Step the env with ``gen``'s parsed ``action``, append the StepRecord; mark the trajectory done when it ends."""
+    sent = _sent(gen, action)
     try:
         obs, reward, terminated, truncated, info = tr.env.step(sent)
     except Exception as err:  # noqa: BLE001 - see module docstring: failed trajectory, not a crash

@@ -4,9 +4,10 @@ A :class:`RayEnvPool` starts ``n_workers`` Ray actors (:class:`EnvWorker`), each
 envs built with :func:`empg.envs.make` (env ``i`` lives on worker ``i % n_workers``). The pool is a sequence of
 :class:`RemoteEnv` proxies with ``reset``/``step``/``expert_action``/``close`` and the attributes the rollout reads
 (``env_id``, ``family``, ``split``, ``max_turns``), so ``empg.rollout.collect_with_envs(policy, pool, seeds, ...)``
-runs unchanged. For throughput, :meth:`RayEnvPool.step_many` / :meth:`RayEnvPool.reset_many` send one call per
-worker and wait for all of them together, and :meth:`RemoteEnv.submit_step` lets a lock-step loop start every env's
-step before it collects the first result (see :func:`step_all`).
+runs unchanged. For throughput, :meth:`RemoteEnv.submit_step` lets a lock-step loop start every env's step before it
+collects the first result: submitted steps are queued per worker and sent as **one call per worker** when the first
+result is needed, so the N workers step their envs at the same time. ``collect_with_envs`` does that every turn;
+:meth:`RayEnvPool.step_many` and :func:`step_all` do it for callers that drive the envs themselves.
 
 Failure handling. Workers are Ray actors with ``max_restarts=-1``: a worker process that dies is restarted by Ray
 (its envs rebuilt from scratch). Every worker incarnation has a fresh token; a proxy remembers the token of the
@@ -26,6 +27,7 @@ import logging
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -87,6 +89,24 @@ class EnvWorker:
             env.close()
 
 
+@dataclass
+class _Batch:
+    """One call to a worker carrying the queued steps of several envs (``result`` cached once fetched)."""
+
+    ref: Any
+    result: tuple[str, list[Any]] | None = None
+
+
+@dataclass
+class _Pending:
+    """A step submitted with :meth:`RemoteEnv.submit_step`: queued until its worker's batch is sent."""
+
+    action: str
+    batch: _Batch | None = None  # None: still queued in the pool
+    pos: int = 0  # index of this env's result in the batch
+    cancelled: bool = False  # dropped before it was sent (reset, or a step with another action)
+
+
 class RemoteEnv:
     """Proxy of one env living in an :class:`EnvWorker`; same interface as an in-process (``TimeLimit``) env."""
 
@@ -97,14 +117,14 @@ class RemoteEnv:
         self.split = meta["split"]
         self.max_turns = meta["max_turns"]
         self._token: str | None = None  # incarnation that reset this env (None: not reset / state lost)
-        self._pending: tuple[str, Any] | None = None  # (action, ObjectRef) from submit_step
+        self._pending: _Pending | None = None  # from submit_step, collected by the next step
 
     @property
     def worker_index(self) -> int:
         return self._worker
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[str, dict]:
-        self._pending = None
+        self._drop_pending()
         deadline = time.monotonic() + _RETRY_SECONDS
         while True:
             try:
@@ -120,20 +140,31 @@ class RemoteEnv:
             return _unwrap(result[0])
 
     def submit_step(self, action: str) -> None:
-        """Start ``step(action)`` on the worker without waiting; the next ``step(action)`` collects it."""
-        self._pending = (action, self._pool._submit(self._worker, [(self._local, "step", (action,), {})]))
+        """Queue ``step(action)`` without waiting; the next ``step(action)`` sends the queue (one call per worker,
+        with the steps other envs submitted meanwhile) and collects this env's result."""
+        self._drop_pending()
+        self._pending = self._pool._enqueue(self._worker, (self._local, "step", (action,), {}), action)
 
     def step(self, action: str) -> tuple[str, float, bool, bool, dict]:
         pending, self._pending = self._pending, None
         try:
-            if pending is not None and pending[0] == action:
-                token, result = self._pool._wait(self._worker, pending[1])
-            else:
-                token, result = self._pool._call(self._worker, [(self._local, "step", (action,), {})])
+            if pending is not None and pending.action == action:
+                token, results = self._pool._collect(self._worker, pending)
+                result = results[pending.pos]
+            else:  # no submitted step, or one with another action (dropped if it was not sent yet)
+                if pending is not None:
+                    pending.cancelled = True
+                token, (result,) = self._pool._call(self._worker, [(self._local, "step", (action,), {})])
         except EnvWorkerDied:
             self._token = None  # the episode is gone; the next reset starts on the restarted worker
             raise
-        return _unwrap(self._check(token, result[0]))
+        return _unwrap(self._check(token, result))
+
+    def _drop_pending(self) -> None:
+        """Forget a submitted step; one still queued is never sent (one already sent ran before what follows)."""
+        if self._pending is not None:
+            self._pending.cancelled = True
+            self._pending = None
 
     def expert_action(self) -> str:
         token, result = self._pool._call(self._worker, [(self._local, "expert_action", (), {})])
@@ -200,6 +231,7 @@ class RayEnvPool(Sequence):
         meta = ray.get(self.workers[0].describe.remote())
         self.envs = [RemoteEnv(self, i % n_workers, i // n_workers, meta) for i in range(n_envs)]
         self.lost_calls = 0  # env calls that found their worker dead or restarted (each logged)
+        self._queue: dict[int, list[tuple[_Pending, tuple]]] = {}  # submitted steps not sent yet, per worker
 
     # ------------------------------------------------------------------ sequence of envs
     def __len__(self) -> int:
@@ -263,6 +295,31 @@ class RayEnvPool(Sequence):
     # ------------------------------------------------------------------ plumbing
     def _submit(self, worker: int, items: list) -> Any:
         return self.workers[worker].call.remote(items)
+
+    def _enqueue(self, worker: int, item: tuple, action: str) -> _Pending:
+        pending = _Pending(action)
+        self._queue.setdefault(worker, []).append((pending, item))
+        return pending
+
+    def _flush(self) -> None:
+        """Send every worker's queued steps, one call per worker (the workers then step in parallel)."""
+        queue, self._queue = self._queue, {}
+        for worker, entries in queue.items():
+            live = [(p, item) for p, item in entries if not p.cancelled]
+            if live:
+                batch = _Batch(self._submit(worker, [item for _, item in live]))
+                for pos, (p, _) in enumerate(live):
+                    p.batch, p.pos = batch, pos
+
+    def _collect(self, worker: int, pending: _Pending) -> tuple[str, list[Any]]:
+        """``(token, results)`` of the call that carried ``pending`` (sending the queues first if needed)."""
+        if pending.batch is None:
+            self._flush()
+        batch = pending.batch
+        assert batch is not None
+        if batch.result is None:  # a dead worker raises for every env of the batch (each counts as lost)
+            batch.result = self._wait(worker, batch.ref)
+        return batch.result
 
     def _wait(self, worker: int, ref: Any) -> tuple[str, list[Any]]:
         ray = _ray()
