@@ -11,10 +11,11 @@ train ...``) starts N processes with ``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/``M
 3. **Advantages on the full batch** — :func:`global_step_advantages` gathers the step entropies, ids and trajectory
    summaries of all ranks, runs the trainer's own :func:`empg.train.rl.advantage_phase` on the whole batch (GRPO
    group statistics and EMPG's min-max, mean of g and final mean are batch-global), and keeps this rank's rows.
-4. **Update** — :func:`ddp_update_phase` is :func:`empg.train.rl.update_phase` with two changes that make N processes
-   compute exactly the single-process step: the loss denominator (token count or row count of the mini-batch) is
-   summed over ranks, and gradients are summed over ranks (one flat all-reduce) before clipping and the optimizer
-   step. Parameters therefore stay identical on every rank (checked by :func:`check_in_sync`).
+4. **Update** — :func:`ddp_update_phase` runs :func:`empg.train.rl.update_phase` itself with this process group's
+   :func:`reducer`, whose all-reduces make N processes compute exactly the single-process step: the loss denominator
+   (token count or row count of the mini-batch) is summed over ranks, and gradients are summed over ranks (one flat
+   all-reduce) before clipping and the optimizer step. Parameters therefore stay identical on every rank (checked by
+   :func:`check_in_sync`).
 5. **Checkpoints, evaluation, logging** — on the main rank only (``DistInfo.is_main``), followed by :func:`barrier`.
 
 Exactness: with ``optim.mini_batches = 1`` the N-process update equals the single-process update on the same batch
@@ -35,8 +36,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-
-LOSS_KEYS = ("loss/pg", "loss/kl", "loss/entropy", "loss/total")
 
 
 @dataclass(frozen=True)
@@ -252,78 +251,22 @@ def ddp_update_phase(run: Any, batch: Any, ref_logp: torch.Tensor | None, it: in
     Every rank must call it (a rank with no rows still joins the collectives). Loss metrics (``loss/*``) are summed
     over ranks, so they equal the single-process values; other metrics are this rank's.
     """
-    from empg.algos import agg_loss, entropy_loss, kl_penalty, policy_loss
-    from empg.policy.hf import response_logprobs
     from empg.train import rl
-    from empg.train.metrics import check_finite
+
+    return rl.update_phase(run, batch, ref_logp, it, reducer(info))
+
+
+def reducer(info: DistInfo) -> Any:
+    """The :class:`empg.train.rl.Reducer` of this process group: all-reduces (identity for one process)."""
+    from empg.train import rl
 
     if not info.enabled:
-        return rl.update_phase(run, batch, ref_logp, it)
-    cfg, model, opt = run.cfg, run.policy.model, run.optimizer
-    params = [p for p in model.parameters() if p.requires_grad]
-    gen = rl.generator_for(cfg.seed, it, "shuffle")
-    sums: dict[str, float] = {}
-    counts: dict[str, int] = {}
-
-    def add(key: str, value: Any) -> None:
-        sums[key] = sums.get(key, 0.0) + float(value)
-        counts[key] = counts.get(key, 0) + 1
-
-    n_rows = int(batch.response_mask.shape[0])
-    n_mini = max(1, min(cfg.optim.mini_batches, all_reduce_min(n_rows, info)))  # same optimizer steps everywhere
-    for _epoch in range(cfg.algo.ppo_epochs):
-        perm = torch.randperm(n_rows, generator=gen)
-        for mini_idx in torch.tensor_split(perm, n_mini):
-            denom = all_reduce_sum(rl._denominator(cfg, batch.response_mask[mini_idx]), info)
-            opt.zero_grad(set_to_none=True)
-            for micro_idx in torch.split(mini_idx, cfg.optim.micro_batch_size):
-                if micro_idx.numel() == 0:  # a rank whose shard is empty still joins the collectives below
-                    continue
-                micro = batch.select(micro_idx)
-                need_ent = cfg.algo.entropy_coef > 0
-                logp, ent = response_logprobs(model, micro, temperature=cfg.rollout.temperature, with_entropy=need_ent)
-                mask = micro.response_mask
-                pg, m = policy_loss(
-                    logp,
-                    micro.old_logprobs,
-                    micro.advantages,
-                    mask,
-                    clip_low=cfg.algo.clip_low,
-                    clip_high=cfg.algo.effective_clip_high,
-                    dual_clip=cfg.algo.dual_clip,
-                    agg=cfg.algo.loss_agg,
-                    denominator=denom,
-                )
-                loss = pg
-                if ref_logp is not None:
-                    kl = agg_loss(kl_penalty(logp, ref_logp[micro_idx], kind="k3"), mask, cfg.algo.loss_agg, denom)
-                    loss = loss + cfg.algo.kl_coef * kl
-                    add("loss/kl", kl.detach())
-                if need_ent:
-                    ent_term = entropy_loss(ent, mask, agg=cfg.algo.loss_agg, denominator=denom)
-                    loss = loss - cfg.algo.entropy_coef * ent_term
-                    add("loss/entropy", ent_term.detach())
-                check_finite("policy loss", loss, it)
-                loss.backward()
-                add("loss/pg", pg.detach())
-                add("loss/total", loss.detach())
-                for key, value in m.items():
-                    if key != "actor/pg_loss":
-                        add(key, value)
-            sync_gradients(params, info)  # Σ over ranks of Σ_local / global denominator = the full-batch gradient
-            clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
-            check_finite("gradient norm", grad_norm, it)
-            add("actor/grad_norm", grad_norm)
-            opt.step()
-    out = {k: sums[k] / counts[k] for k in sums}
-    n_opt = counts.get("actor/grad_norm", 1)
-    for key in LOSS_KEYS:
-        local = sums.get(key, 0.0) / n_opt
-        total = all_reduce_sum(local, info)  # every rank joins, whatever terms it has
-        if key in sums or total != 0.0:
-            out[key] = total
-    return out
+        return rl.LOCAL
+    return rl.Reducer(
+        sum=lambda value: all_reduce_sum(value, info),
+        min=lambda value: all_reduce_min(value, info),
+        grads=lambda params: sync_gradients(params, info),
+    )
 
 
 def empty_batch() -> Any:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -480,75 +480,103 @@ def _broadcast(step_values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 # ============================================================================= 4. update
-def update_phase(run: Run, batch: Any, ref_logp: torch.Tensor | None, it: int) -> dict[str, float]:
+LOSS_KEYS = ("loss/pg", "loss/kl", "loss/entropy", "loss/total")
+
+
+@dataclass(frozen=True)
+class Reducer:
+    """How :func:`update_phase` combines values over data-parallel processes; the defaults are one process.
+
+    ``empg.train.distributed`` passes all-reduces here, which is all that separates its update from this one.
+    """
+
+    sum: Callable[[float], float] = float  # Σ of a float over processes (loss denominators, loss metrics)
+    min: Callable[[int], int] = int  # min of an int over processes (so every process takes the same optimizer steps)
+    grads: Callable[[list[torch.nn.Parameter]], None] = lambda params: None  # Σ gradients over processes, in place
+
+
+LOCAL = Reducer()
+
+
+def update_phase(run: Run, batch: Any, ref_logp: torch.Tensor | None, it: int, reduce: Reducer = LOCAL) -> dict:
     """PPO epochs over shuffled mini-batches; micro-batch gradient accumulation; grad clipping.
 
     The NaN/inf guard checks every loss before backward and the gradient norm before each optimizer step, so a bad
-    value stops the run with the model untouched.
+    value stops the run with the model untouched. With a data-parallel ``reduce`` every process must call it (a
+    process with no rows still joins the collectives); loss metrics (``loss/*``) are then summed over processes.
     """
-    from empg.algos import agg_loss, entropy_loss, kl_penalty, policy_loss
-    from empg.policy.hf import response_logprobs
-
-    cfg, model, opt = run.cfg, run.policy.model, run.optimizer
-    params = [p for p in model.parameters() if p.requires_grad]
+    cfg, opt = run.cfg, run.optimizer
+    params = [p for p in run.policy.model.parameters() if p.requires_grad]
     gen = generator_for(cfg.seed, it, "shuffle")
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
 
-    def add(key: str, value: float) -> None:
+    def add(key: str, value: Any) -> None:
         sums[key] = sums.get(key, 0.0) + float(value)
         counts[key] = counts.get(key, 0) + 1
 
     n_rows = int(batch.response_mask.shape[0])
+    n_mini = max(1, min(cfg.optim.mini_batches, reduce.min(n_rows)))  # the same optimizer steps on every process
     for _epoch in range(cfg.algo.ppo_epochs):
         perm = torch.randperm(n_rows, generator=gen)
-        for mini_idx in torch.tensor_split(perm, min(cfg.optim.mini_batches, n_rows)):
-            denom = _denominator(cfg, batch.response_mask[mini_idx])
+        for mini_idx in torch.tensor_split(perm, n_mini):
+            denom = reduce.sum(_denominator(cfg, batch.response_mask[mini_idx]))
             opt.zero_grad(set_to_none=True)
             for micro_idx in torch.split(mini_idx, cfg.optim.micro_batch_size):
-                micro = batch.select(micro_idx)
-                need_ent = cfg.algo.entropy_coef > 0
-                logp, ent = response_logprobs(model, micro, temperature=cfg.rollout.temperature, with_entropy=need_ent)
-                mask = micro.response_mask
-                pg, m = policy_loss(
-                    logp,
-                    micro.old_logprobs,
-                    micro.advantages,
-                    mask,
-                    clip_low=cfg.algo.clip_low,
-                    clip_high=cfg.algo.effective_clip_high,
-                    dual_clip=cfg.algo.dual_clip,
-                    agg=cfg.algo.loss_agg,
-                    denominator=denom,
-                )
-                loss = pg
-                if ref_logp is not None:
-                    kl = agg_loss(kl_penalty(logp, ref_logp[micro_idx], kind="k3"), mask, cfg.algo.loss_agg, denom)
-                    loss = loss + cfg.algo.kl_coef * kl
-                    add("loss/kl", kl.detach())
-                if need_ent:
-                    ent_term = entropy_loss(ent, mask, agg=cfg.algo.loss_agg, denominator=denom)
-                    loss = loss - cfg.algo.entropy_coef * ent_term
-                    add("loss/entropy", ent_term.detach())
-                check_finite("policy loss", loss, it)
-                loss.backward()
-                add("loss/pg", pg.detach())
-                add("loss/total", loss.detach())
-                for key, value in m.items():
-                    if key != "actor/pg_loss":  # a micro-batch's partial sum; loss/pg is the mini-batch loss
-                        add(key, value)
+                if micro_idx.numel() > 0:  # empty only on a process whose shard is empty
+                    _micro_backward(run, batch, micro_idx, ref_logp, denom, it, add)
+            reduce.grads(params)  # Σ over processes of Σ_local / global denominator = the full-batch gradient
             clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
             grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
             check_finite("gradient norm", grad_norm, it)
             add("actor/grad_norm", grad_norm)
             opt.step()
     out = {k: sums[k] / counts[k] for k in sums}
-    # loss terms are partial sums per micro-batch: report them per optimizer step
     n_opt = counts.get("actor/grad_norm", 1)
-    for key in ("loss/pg", "loss/kl", "loss/entropy", "loss/total"):
-        if key in sums:
-            out[key] = sums[key] / n_opt
+    for key in LOSS_KEYS:  # loss terms are partial sums per micro-batch: report them per optimizer step
+        total = reduce.sum(sums.get(key, 0.0) / n_opt)  # every process joins, whatever terms it has
+        if key in sums or total != 0.0:
+            out[key] = total
     return out
+
+
+def _micro_backward(run: Run, batch: Any, idx: torch.Tensor, ref_logp: Any, denom: float, it: int, add: Any) -> None:
+    """Loss of micro-batch ``idx`` (normalised by the mini-batch ``denom``), NaN guard, backward; metrics to ``add``."""
+    from empg.algos import agg_loss, entropy_loss, kl_penalty, policy_loss
+    from empg.policy.hf import response_logprobs
+
+    cfg = run.cfg
+    micro = batch.select(idx)
+    need_ent = cfg.algo.entropy_coef > 0
+    logp, ent = response_logprobs(run.policy.model, micro, temperature=cfg.rollout.temperature, with_entropy=need_ent)
+    mask = micro.response_mask
+    pg, m = policy_loss(
+        logp,
+        micro.old_logprobs,
+        micro.advantages,
+        mask,
+        clip_low=cfg.algo.clip_low,
+        clip_high=cfg.algo.effective_clip_high,
+        dual_clip=cfg.algo.dual_clip,
+        agg=cfg.algo.loss_agg,
+        denominator=denom,
+    )
+    loss = pg
+    if ref_logp is not None:
+        kl = agg_loss(kl_penalty(logp, ref_logp[idx], kind="k3"), mask, cfg.algo.loss_agg, denom)
+        loss = loss + cfg.algo.kl_coef * kl
+        add("loss/kl", kl.detach())
+    if need_ent:
+        ent_term = entropy_loss(ent, mask, agg=cfg.algo.loss_agg, denominator=denom)
+        loss = loss - cfg.algo.entropy_coef * ent_term
+        add("loss/entropy", ent_term.detach())
+    check_finite("policy loss", loss, it)
+    loss.backward()
+    add("loss/pg", pg.detach())
+    add("loss/total", loss.detach())
+    for key, value in m.items():
+        if key != "actor/pg_loss":  # a micro-batch's partial sum; loss/pg is the mini-batch loss
+            add(key, value)
 
 
 def _denominator(cfg: TrainConfig, mask: torch.Tensor) -> float:
