@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from empg.train.config import (
     from_dict,
     iter_fields,
     load_config,
+    load_run_config,
     to_dict,
     to_yaml,
 )
@@ -83,6 +86,8 @@ def test_unknown_key_in_yaml(tmp_path):
         ("eval.splits=[test]", "eval.splits", "eval_out"),
         ("optim.lr=0", "optim.lr", "> 0"),
         ("rollout.temperature=0", "rollout.temperature", "(0, 10]"),
+        ("rollout.env_workers=-1", "rollout.env_workers", ">= 0"),
+        ("model.backend=tpu", "model.backend", "hf, vllm"),
     ],
 )
 def test_errors_name_field_problem_and_fix(override, field, needle):
@@ -117,3 +122,31 @@ def test_every_field_has_help_and_appears_in_help_text():
     for name, _type, _default, help_text in rows:
         assert help_text, f"{name} has no help"
         assert f"    {name} (" in text
+
+
+def test_scale_out_switches_default_to_one_process():
+    cfg = TrainConfig()
+    assert (cfg.rollout.env_workers, cfg.model.backend) == (0, "hf")
+    assert load_config(None, ["rollout.env_workers=3"]).rollout.env_workers == 3  # ray is a dev dependency here
+
+
+@pytest.mark.parametrize(
+    ("section", "name", "value", "module"),
+    [("model", "backend", "vllm", "vllm"), ("rollout", "env_workers", 2, "ray")],
+)
+def test_a_missing_extra_is_a_config_error_except_when_reading_a_finished_run(
+    section, name, value, module, monkeypatch, tmp_path
+):
+    monkeypatch.setitem(sys.modules, module, None)  # as if the package were not installed
+    fix = f'pip install -e ".[{module}]"'
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [f"{section}.{name}={value}"])
+    assert e.value.field == f"{section}.{name}" and "not installed" in e.value.problem and fix in e.value.fix
+    # a finished run's config still loads for `empg eval` and plots; resuming it (apply_overrides) checks again
+    saved = TrainConfig()
+    setattr(getattr(saved, section), name, value)
+    (tmp_path / "config.yaml").write_text(to_yaml(saved))
+    cfg = load_run_config(tmp_path)
+    assert getattr(getattr(cfg, section), name) == value
+    with pytest.raises(ConfigError, match=re.escape(fix)):
+        apply_overrides(cfg, [])

@@ -188,3 +188,14 @@ def test_two_gloo_processes_match_one_process(tmp_path, tiny_model_dir, fast):
         r["empg/g_mean"] == pytest.approx(1.0, abs=1e-5) and "loss/pg" in r for r in trained
     )
     assert latest_checkpoint(run_dir).name.endswith("2")
+
+
+@pytest.mark.parametrize(("section", "name", "value"), [("rollout", "env_workers", 2), ("model", "backend", "vllm")])
+def test_single_process_scale_out_options_are_refused_under_torchrun(section, name, value, tmp_path):
+    from empg.train.config import ConfigError
+
+    cfg = TrainConfig(run_dir=str(tmp_path / "run"))
+    setattr(getattr(cfg, section), name, value)
+    with pytest.raises(ConfigError, match="not wired into multi-process"):
+        train_distributed(cfg, info=DistInfo(rank=0, world_size=2))  # refused before any collective or file
+    assert not (tmp_path / "run").exists()

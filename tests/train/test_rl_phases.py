@@ -114,7 +114,7 @@ class FakeCollect:
 
 def _fake_run(overrides, pool):
     cfg = load_config(None, ["rollout.n_tasks=2", "rollout.group_size=2", *overrides])
-    return SimpleNamespace(cfg=cfg, policy=None, train_pool=pool)
+    return SimpleNamespace(cfg=cfg, policy=None, generating_policy=None, train_pool=pool, env_pool=None)
 
 
 def test_dynamic_sampling_resamples_until_enough_informative_groups(monkeypatch):

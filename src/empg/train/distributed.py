@@ -397,6 +397,7 @@ def train_distributed(cfg: Any, *, resume: bool = False, console: Any = None, in
     info = info or dist_info()
     if not info.enabled:
         return rl.train(cfg, resume=resume, console=console)
+    _check_single_process_options(cfg)
     run = rl.setup_run(cfg, resume=resume, console=console) if info.is_main else None
     barrier(info)
     if run is None:
@@ -439,6 +440,24 @@ def train_distributed(cfg: Any, *, resume: bool = False, console: Any = None, in
         rl._finish(run)
         return run.history
     return []
+
+
+def _check_single_process_options(cfg: Any) -> None:
+    """Ray env workers and the vLLM backend are wired into the single-process loop only (before any work starts)."""
+    from empg.train.config import ConfigError
+
+    if cfg.rollout.env_workers > 0:
+        raise ConfigError(
+            "rollout.env_workers",
+            "Ray env workers are not wired into multi-process (torchrun/accelerate) training",
+            "use rollout.env_workers=0 under torchrun, or train in one process with env workers",
+        )
+    if cfg.model.backend != "hf":
+        raise ConfigError(
+            "model.backend",
+            f"model.backend={cfg.model.backend} is not wired into multi-process (torchrun/accelerate) training",
+            "use model.backend=hf under torchrun, or train in one process with vLLM",
+        )
 
 
 def train_auto(cfg: Any, *, resume: bool = False, console: Any = None) -> list:

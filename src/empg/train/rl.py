@@ -19,6 +19,10 @@ Which variant (METHOD.md is the source of truth):
   the reference is the model RL starts from (after SFT).
 * **Determinism**: every random draw of iteration ``it`` comes from generators seeded by ``(seed, it)``, so a run
   resumed from a checkpoint reproduces the uninterrupted run bit for bit on CPU.
+* **Scale-out** (docs/scaling.md): ``rollout.env_workers: N`` steps the training envs in N Ray actors (same rollouts
+  as in-process envs; an episode whose worker died is marked failed and left out of the batch);
+  ``model.backend: vllm`` generates rollouts and evaluations with a vLLM engine that receives the trainer's weights
+  after every update. Evaluation envs always run in this process.
 """
 
 from __future__ import annotations
@@ -55,6 +59,13 @@ class Run:
     ref_model: torch.nn.Module | None = None
     console: Any = None
     history: list[dict] = field(default_factory=list)
+    rollout_policy: Any = None  # the vLLM engine that generates (model.backend=vllm); None: ``policy`` generates
+    env_pool: Any = None  # the Ray env workers (rollout.env_workers > 0); None: envs are built in this process
+
+    @property
+    def generating_policy(self) -> Any:
+        """The policy that generates rollouts and evaluations (``policy`` itself with the hf backend)."""
+        return self.rollout_policy if self.rollout_policy is not None else self.policy
 
 
 def generator_for(seed: int, iteration: int, phase: str) -> torch.Generator:
@@ -74,10 +85,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, console: Any = None) -> lis
         console: a rich Console for the progress bar and messages (None: quiet).
     """
     run = setup_run(cfg, resume=resume, console=console)
-    if run.start == 0 and cfg.eval.at_start and cfg.eval.every > 0 and cfg.iterations > 0:
-        _log(run, 0, _sft_eval_metrics(run) or evaluate_phase(run, 0))
+    with rollout_backends(run), _progress(run) as advance:  # vLLM engine and Ray env workers stop on any exit
+        if run.start == 0 and cfg.eval.at_start and cfg.eval.every > 0 and cfg.iterations > 0:
+            _log(run, 0, _sft_eval_metrics(run) or evaluate_phase(run, 0))
 
-    with _progress(run) as advance:
         for it in range(run.start, cfg.iterations):
             t_start = time.perf_counter()
             metrics: dict[str, Any] = {}
@@ -103,10 +114,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, console: Any = None) -> lis
                 metrics.update(adv_metrics)
                 batch.advantages = _broadcast(step_adv, batch.response_mask)
 
-            # ----------------------------------------------------------------- 4. PPO update
+            # ----------------------------------------------------------------- 4. PPO update (+ vLLM weight sync)
             t0 = time.perf_counter()
             if batch is not None:
                 metrics.update(update_phase(run, batch, ref_logp, it))
+                metrics.update(sync_rollout_weights(run))
             else:
                 metrics["update/skipped"] = 1.0  # DAPO kept no informative group: nothing to learn from
             metrics["time/update"] = time.perf_counter() - t0
@@ -236,6 +248,67 @@ def _save_atomic(policy: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+@contextmanager
+def rollout_backends(run: Run) -> Iterator[None]:
+    """Start the vLLM engine (``model.backend=vllm``) and the Ray env workers (``rollout.env_workers > 0``) for the
+    body, and stop them when it exits, normally or by an exception (Ray itself too when it was started here)."""
+    cfg = run.cfg
+    started_ray = False
+    try:
+        if cfg.model.backend == "vllm":
+            from empg.policy.vllm import make_policy
+
+            run.rollout_policy = make_policy(run.policy, "vllm")
+        if cfg.rollout.env_workers > 0:
+            started_ray = _init_ray()
+            run.env_pool = make_env_pool(cfg)
+        yield
+    finally:
+        if run.env_pool is not None:
+            run.env_pool.close()
+            run.env_pool = None
+        if run.rollout_policy is not None:
+            run.rollout_policy.close()
+            run.rollout_policy = None
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+
+
+def _init_ray() -> bool:
+    """Join Ray: the running instance, else the cluster at ``RAY_ADDRESS``, else a new local one. True if started."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    ray.init(include_dashboard=False)
+    return True
+
+
+def make_env_pool(cfg: TrainConfig) -> Any:
+    """``n_tasks * group_size`` train envs spread over ``rollout.env_workers`` Ray actors.
+
+    Each actor reserves one CPU, or an equal share of the cluster's CPUs when there are more actors than CPUs (Ray
+    would otherwise leave the extra actors waiting for a CPU forever).
+    """
+    import ray
+
+    from empg.rollout.workers import RayEnvPool
+
+    n = cfg.rollout.env_workers
+    cpus = float(ray.cluster_resources().get("CPU", 1.0))
+    return RayEnvPool(
+        cfg.env.id,
+        cfg.rollout.n_tasks * cfg.rollout.group_size,
+        n_workers=n,
+        split="train",
+        max_turns=cfg.env.max_turns,
+        env_kwargs=cfg.env.kwargs,
+        num_cpus_per_worker=min(1.0, round(cpus / n, 4)),
+    )
+
+
 # ============================================================================= 1. rollout
 def sample_tasks(pool: list[int], n: int, generator: torch.Generator) -> list[int]:
     """``n`` distinct train seeds drawn from ``pool``."""
@@ -251,9 +324,9 @@ def rollout_phase(run: Run, it: int) -> tuple[list, list, dict[str, float]]:
         ``steps`` is empty when dynamic sampling found no informative group.
     """
     from empg.algos import filter_groups
-    from empg.rollout import collect
 
     cfg = run.cfg
+    lost_calls = run.env_pool.lost_calls if run.env_pool is not None else 0
     task_gen = generator_for(cfg.seed, it, "tasks")
     roll_gen = generator_for(cfg.seed, it, "rollout")
     dynamic = cfg.algo.effective_dynamic_sampling
@@ -267,21 +340,7 @@ def rollout_phase(run: Run, it: int) -> tuple[list, list, dict[str, float]]:
         n_rounds += 1
         seeds = sample_tasks(run.train_pool, cfg.rollout.n_tasks, task_gen)
         t0 = time.perf_counter()
-        result = collect(
-            run.policy,
-            cfg.env.id,
-            seeds,
-            group_size=cfg.rollout.group_size,
-            split="train",
-            temperature=cfg.rollout.temperature,
-            top_p=cfg.rollout.top_p,
-            max_new_tokens=cfg.rollout.max_new_tokens,
-            max_turns=cfg.env.max_turns,
-            history=cfg.rollout.history,
-            record_behaviour=False,
-            generator=roll_gen,
-            env_kwargs=cfg.env.kwargs,
-        )
+        result = collect_round(run, seeds, roll_gen)
         seconds += time.perf_counter() - t0
         n_tokens += sum(len(s.response_ids) for s in result.steps)
         steps, trajs = _renumber(result.steps, result.trajectories, n_groups, len(all_trajs))
@@ -316,7 +375,33 @@ def rollout_phase(run: Run, it: int) -> tuple[list, list, dict[str, float]]:
         "dapo/rounds": float(n_rounds),
         "perf/tokens_per_s": n_tokens / max(seconds, 1e-9),
     }
+    if run.env_pool is not None:  # env calls that found their Ray worker dead or restarted (their episodes failed)
+        metrics["rollout/lost_env_calls"] = float(run.env_pool.lost_calls - lost_calls)
     return kept_steps, kept_trajs, metrics
+
+
+def collect_round(run: Run, seeds: list[int], generator: torch.Generator) -> Any:
+    """Roll out ``group_size`` copies of each task in ``seeds`` (group ``g`` = ``seeds[g]``): envs built in this
+    process, or the run's Ray env pool (reset with the same seeds, so the rollouts are the same)."""
+    from empg.rollout import collect, collect_with_envs
+
+    cfg = run.cfg
+    settings: dict[str, Any] = {
+        "temperature": cfg.rollout.temperature,
+        "top_p": cfg.rollout.top_p,
+        "max_new_tokens": cfg.rollout.max_new_tokens,
+        "max_turns": cfg.env.max_turns,
+        "history": cfg.rollout.history,
+        "record_behaviour": False,  # the scoring pass computes them with the trained model
+        "generator": generator,
+    }
+    g = cfg.rollout.group_size
+    if run.env_pool is None:
+        return collect(run.generating_policy, cfg.env.id, seeds, group_size=g, env_kwargs=cfg.env.kwargs, **settings)
+    env_seeds = [seed for seed in seeds for _ in range(g)]  # the order collect() builds its envs in
+    envs = run.env_pool.envs[: len(env_seeds)]
+    group_ids = [i // g for i in range(len(env_seeds))]
+    return collect_with_envs(run.generating_policy, envs, env_seeds, group_ids=group_ids, env_id=cfg.env.id, **settings)
 
 
 def _renumber(steps: list, trajs: list, group_offset: int, traj_offset: int) -> tuple[list, list]:
@@ -579,6 +664,15 @@ def _micro_backward(run: Run, batch: Any, idx: torch.Tensor, ref_logp: Any, deno
             add(key, value)
 
 
+def sync_rollout_weights(run: Run) -> dict[str, float]:
+    """Push the updated weights into the vLLM engine (``model.backend=vllm``); nothing to do with the hf backend."""
+    if run.rollout_policy is None:
+        return {}
+    t0 = time.perf_counter()
+    run.rollout_policy.sync_weights(run.policy.model)
+    return {"time/weight_sync": time.perf_counter() - t0}
+
+
 def _denominator(cfg: TrainConfig, mask: torch.Tensor) -> float:
     """Global normaliser of a mini-batch (mask (b, L)) so micro-batch losses add up to the mini-batch loss."""
     if cfg.algo.loss_agg == "token-mean":
@@ -596,7 +690,7 @@ def evaluate_phase(run: Run, iteration: int) -> dict[str, float]:
     for split in cfg.eval.splits:
         generator_for(cfg.seed, iteration, "eval")
         report = evaluate_policy(
-            run.policy,
+            run.generating_policy,  # vLLM when model.backend=vllm (weights synced); envs in this process
             cfg.env.id,
             split,
             cfg.eval.episodes,
