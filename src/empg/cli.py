@@ -1,4 +1,4 @@
-"""The ``empg`` command line: ``train``, ``sft``, ``eval``, ``plot``, ``envs``.
+"""The ``empg`` command line: ``train``, ``sft``, ``eval``, ``plot``, ``envs``, ``sweep``, ``report``, ``prop1``.
 
 Examples::
 
@@ -8,6 +8,9 @@ Examples::
     empg eval runs/household-tiny --split eval_out --episodes 64
     empg plot runs/grpo runs/grpo-empg --out docs/figures
     empg envs
+    empg sweep experiments/example.yaml --out runs/sweeps/example --parallel 2
+    empg report runs/sweeps/example
+    empg prop1 runs/household-tiny --episodes 8
 """
 
 from __future__ import annotations
@@ -69,7 +72,59 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=None, help="Episode seed (its split follows from it).")
     q.add_argument("--split", default=None, choices=["train", "eval_in", "eval_out"], help="Split when no --seed.")
     q.add_argument("--max-turns", type=int, default=None, help="Turn limit (default: the env's).")
+    _experiment_parsers(sub)
     return parser
+
+
+def _experiment_parsers(sub: argparse._SubParsersAction) -> None:
+    """``sweep``, ``report`` and ``prop1`` (code in :mod:`empg.experiments`)."""
+    raw = argparse.RawDescriptionHelpFormatter
+    text = "Run a grid of trainings (methods x axes x seeds) as separate processes; resumable."
+    p = sub.add_parser("sweep", help=text, description=text, epilog=_doc("sweep"), formatter_class=raw)
+    p.add_argument("grid", type=Path, metavar="GRID.yaml", help="The grid file (schema below, experiments/README.md).")
+    p.add_argument("--out", type=Path, default=None, help="Sweep folder (default: runs/sweeps/<grid name>).")
+    p.add_argument(
+        "--parallel", type=_positive, default=1, metavar="N", help="Runs at a time; each gets cpu_count//N threads."
+    )
+    p.add_argument("--dry-run", action="store_true", help="Validate the grid and list the runs and their state only.")
+
+    text = "Markdown report of a sweep: final success per method, CIs over seeds, differences to baselines, plots."
+    p = sub.add_parser("report", help=text, description=text, epilog=_doc("report"), formatter_class=raw)
+    p.add_argument("sweep_dir", type=Path, metavar="SWEEP_DIR", help="A folder written by `empg sweep` (sweep.json).")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="FILE.md",
+        help="Markdown file (default: SWEEP_DIR/report.md); PNGs and results.jsonl go next to it.",
+    )
+
+    text = "Proposition 1 diagnostic: score-function norm per token/step vs Renyi-2 entropy of the run's policy."
+    p = sub.add_parser("prop1", help=text, description=text, epilog=_doc("prop1"), formatter_class=raw)
+    p.add_argument(
+        "run_dir", type=Path, metavar="RUN_DIR", help="A run folder (config.yaml + checkpoint or base_model)."
+    )
+    p.add_argument(
+        "--episodes", type=_positive, default=8, metavar="N", help="Episodes rolled out by the policy (default 8)."
+    )
+    p.add_argument("--out", type=Path, default=None, metavar="DIR", help="Output folder (default: RUN_DIR/prop1).")
+    p.add_argument("--split", default="train", choices=["train", "eval_in", "eval_out"], help="Split of the episodes.")
+    p.add_argument("--checkpoint", type=Path, default=None, help="A checkpoint or model dir (default: the latest).")
+    p.add_argument("--seed", type=int, default=None, help="Sampling seed (default: the run's seed).")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _doc(module: str) -> str:
+    """The module docstring of ``empg.experiments.<module>`` (the --help epilog)."""
+    import importlib
+
+    return importlib.import_module(f"empg.experiments.{module}").__doc__ or ""
 
 
 def _cmd_train(args: argparse.Namespace, console: Console) -> int:
@@ -141,7 +196,42 @@ def _cmd_envs(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-COMMANDS = {"train": _cmd_train, "sft": _cmd_sft, "eval": _cmd_eval, "plot": _cmd_plot, "envs": _cmd_envs}
+def _cmd_sweep(args: argparse.Namespace, console: Console) -> int:
+    from empg.experiments.sweep import run_sweep
+
+    return run_sweep(args.grid, out=args.out, parallel=args.parallel, dry_run=args.dry_run, console=console)
+
+
+def _cmd_report(args: argparse.Namespace, console: Console) -> int:
+    from empg.experiments.report import make_report
+
+    for path in make_report(args.sweep_dir, args.out):
+        console.print(f"wrote {path}")
+    return 0
+
+
+def _cmd_prop1(args: argparse.Namespace, console: Console) -> int:
+    from empg.experiments.prop1 import render_summary, run_prop1
+
+    result, paths = run_prop1(
+        args.run_dir, episodes=args.episodes, out=args.out, split=args.split, checkpoint=args.checkpoint, seed=args.seed
+    )
+    console.print(render_summary(result))
+    for path in paths:
+        console.print(f"wrote {path}")
+    return 0
+
+
+COMMANDS = {
+    "train": _cmd_train,
+    "sft": _cmd_sft,
+    "eval": _cmd_eval,
+    "plot": _cmd_plot,
+    "envs": _cmd_envs,
+    "sweep": _cmd_sweep,
+    "report": _cmd_report,
+    "prop1": _cmd_prop1,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
