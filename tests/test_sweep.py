@@ -17,7 +17,7 @@ import yaml
 from safetensors.torch import load_file
 
 from empg.cli import main
-from empg.experiments.sweep import DONE_MARKER, load_grid, make_plan, threads_per_run
+from empg.experiments.sweep import DONE_MARKER, GridError, _axis_labels, load_grid, make_plan, threads_per_run
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "experiments" / "example.yaml"
 
@@ -105,6 +105,26 @@ def test_plan_overrides_names_and_baselines(tmp_path):
     }
     assert threads_per_run(2) == max(1, (os.cpu_count() or 1) // 2)
     assert threads_per_run(10_000) == 1
+
+
+def test_axis_values_are_written_as_overrides(tmp_path):
+    """Booleans, null and floats become valid dotlist values; same-named axes keep their full key."""
+    axes = {"algo.use_bonus": [True, False], "algo.dual_clip": [None, 3.0], "algo.k": [0.5], "sft.k": [1]}
+    with pytest.raises(GridError, match=r"grid error in `axes\.sft\.k`"):  # not a config field
+        make_plan(load_grid(write_grid(tmp_path / "g.yaml", axes=axes)), tmp_path / "out")
+    del axes["sft.k"]
+    plan = make_plan(load_grid(write_grid(tmp_path / "g.yaml", axes=axes)), tmp_path / "out")
+    names = [r.variant for r in plan.runs if r.method == "grpo"]
+    assert names == [
+        "grpo/use_bonus=true/dual_clip=null/k=0.5",
+        "grpo/use_bonus=true/dual_clip=3.0/k=0.5",
+        "grpo/use_bonus=false/dual_clip=null/k=0.5",
+        "grpo/use_bonus=false/dual_clip=3.0/k=0.5",
+    ]
+    assert plan.runs[1].overrides[-4:] == ["algo.use_bonus=true", "algo.dual_clip=3.0", "algo.k=0.5", "seed=0"]
+    axes = {"algo.k": [1.0], "optim.k": [2]}  # hypothetical twin names: the labels fall back to the full keys
+    assert _axis_labels(axes) == {"algo.k": "algo.k", "optim.k": "optim.k"}
+    assert _axis_labels({"algo.k": [1.0], "algo.zeta": [0]}) == {"algo.k": "k", "algo.zeta": "zeta"}
 
 
 @pytest.mark.parametrize(

@@ -121,16 +121,18 @@ def score_steps(policy: Any, steps: list, won: dict[int, bool], temperature: flo
     pad = policy.tokenizer.pad_token_id if policy.tokenizer.pad_token_id is not None else 0
     batch = StepBatch.from_records(steps, int(pad))
     start, width = batch.response_start, batch.input_ids.shape[1]
+    device = policy.device
     rows, parts = [], {"expected": [], "realised": [], "renyi2": []}
     with torch.no_grad():
         for idx in torch.split(torch.arange(len(steps)), micro_batch):
-            ids, att = batch.input_ids[idx], batch.attention_mask[idx]
+            ids, att = batch.input_ids[idx].to(device), batch.attention_mask[idx].to(device)
             pos = (att.cumsum(-1) - 1).clamp_min(0)
             logits = _forward_logits(policy.model, ids, att, pos, keep=width - start + 1)[:, :-1]  # (b, R, V)
-            mask = batch.response_mask[idx, start:] != 0  # (b, R)
-            vals = score_norms(logits[mask].float(), ids[:, start:][mask], temperature=temperature)
+            mask = batch.response_mask[idx, start:] != 0  # (b, R) on the CPU
+            on_dev = mask.to(device)
+            vals = score_norms(logits[on_dev].float(), ids[:, start:][on_dev], temperature=temperature)
             for key in parts:
-                parts[key].append(vals[key].double().numpy())
+                parts[key].append(vals[key].double().cpu().numpy())
             rows.append(idx.view(-1, 1).expand_as(mask)[mask].numpy())
     meta = [
         {"traj_id": s.traj_id, "step_idx": s.step_idx, "n_tokens": len(s.response_ids), "success": won[s.traj_id]}
@@ -188,7 +190,8 @@ def run_prop1(
     policy = Policy.load(model_dir, device=cfg.model.device)
     seed = cfg.seed if seed is None else seed
     steps, won = rollout_steps(policy, cfg, split, episodes, seed)
-    values = score_steps(policy, steps, won, cfg.rollout.temperature, cfg.optim.micro_batch_size)
+    micro = max(1, min(cfg.optim.micro_batch_size, 4))  # full-vocabulary logits of 4 rows at a time
+    values = score_steps(policy, steps, won, cfg.rollout.temperature, micro)
     data = {
         "run_dir": str(run_dir),
         "model": str(model_dir),
