@@ -103,7 +103,7 @@ class _StepIndex:
     Attributes:
         adv: (U,) float64 advantage per unique step.
         ent: (U,) float64 entropy per unique step.
-        nxt: (U,) index of the next step (same trajectory, step + 1) among the unique steps, -1 if none.
+        nxt: (U,) index of the next step (same trajectory, step + 1) among the unique steps, U if none.
         traj: (U,) non-negative integer trajectory label (dense enough for ``bincount``).
         inv: (S,) row → unique step, or None when every row is unique (identity).
     """
@@ -128,7 +128,8 @@ def _index_steps(adv: Tensor, ent: Tensor, traj_id: Tensor, step_idx: Tensor) ->
 
     Each row gets the key ``traj * M + step`` with ``M = max_step + 2``, so ``key + 1`` is the next step of the same
     trajectory and never wraps into the next trajectory. Fast path (no duplicates, key range <= 8 S): a dense
-    key → row table, O(S) with no sort. Otherwise one sort of the keys; duplicates must be exact copies.
+    key → row table, O(S) with no sort (duplicates are detected by counting the filled slots). Otherwise one sort of
+    the keys; duplicates must be exact copies.
     """
     traj = _traj_labels(traj_id)
     m = int(step_idx.max()) + 2
@@ -136,11 +137,12 @@ def _index_steps(adv: Tensor, ent: Tensor, traj_id: Tensor, step_idx: Tensor) ->
     n = key.shape[0]
     r = (int(traj.max()) + 1) * m
     if r <= 8 * n + 1024:
-        counts = torch.bincount(key, minlength=r)
-        if int(counts.max()) <= 1:
-            table = torch.full((r,), -1, dtype=torch.int64, device=key.device)
-            table[key] = torch.arange(n, device=key.device)
-            return _StepIndex(adv, ent, table[key + 1], traj, None)
+        rows = torch.arange(n, device=key.device)
+        table = torch.full((r + 1,), n, dtype=torch.int64, device=key.device)
+        table.index_copy_(0, key, rows)
+        if int((table < n).sum()) == n:  # every row owns its slot: no duplicate keys
+            nxt = table.index_select(0, key + 1)  # key + 1 <= r: the extra last slot stays n (no next step)
+            return _StepIndex(adv, ent, nxt, traj, None)
     ks, order = torch.sort(key)
     new = torch.ones_like(ks, dtype=torch.bool)
     new[1:] = ks[1:] != ks[:-1]
@@ -160,9 +162,9 @@ def _index_steps(adv: Tensor, ent: Tensor, traj_id: Tensor, step_idx: Tensor) ->
                 "duplicates must be exact copies — fix the batch packing"
             )
         out.append(xu)
-    nxt = torch.full_like(uk, -1)
+    nxt = torch.full_like(uk, uk.shape[0])
     linked = uk[1:] == uk[:-1] + 1  # sorted unique keys: the next step, if any, is adjacent
-    nxt[:-1] = torch.where(linked, torch.arange(1, uk.shape[0], device=uk.device), -1)
+    nxt[:-1] = torch.where(linked, torch.arange(1, uk.shape[0], device=uk.device), uk.shape[0])
     return _StepIndex(out[0], out[1], nxt, uk // m, inv)
 
 
@@ -210,8 +212,10 @@ def empg_transform_with_stats(
         g = w / (w.mean() + eps)
     else:
         g = torch.ones_like(h_norm)
-    has_next = idx.nxt >= 0  # (U,)
-    f = torch.where(has_next, torch.exp(-k_next * h_norm[idx.nxt.clamp(min=0)]), torch.zeros_like(h_norm))
+    has_next = idx.nxt < h.shape[0]  # (U,)
+    # f = exp(-k' h_next) where a next step exists, else 0: gather from exp(-k' h) with a trailing 0 at index U
+    e_next = w if use_scaling and k_next == k else torch.exp(-k_next * h_norm)
+    f = torch.cat([e_next, e_next.new_zeros(1)]).index_select(0, idx.nxt)
     a_mod = g * a + (zeta if use_bonus else 0.0) * f
     a_final = _final_norm(a_mod, idx.traj, final_norm, eps)
 
