@@ -424,6 +424,77 @@ def test_expert_recovers_from_a_detour():
     assert info["won"]
 
 
+@pytest.mark.parametrize("split", ["train", "eval_in", "eval_out"])
+def test_exploring_expert_always_succeeds_and_searches_longer_than_the_oracle(split):
+    lengths = {}
+    for mode in HouseholdEnv.EXPERTS:
+        env = make("household-v0", split, expert=mode)
+        lengths[mode] = []
+        for seed in split_seeds(split, N_SEEDS):
+            env.reset(seed=seed)
+            for turn in range(1, 51):
+                _, _, terminated, truncated, info = env.step(env.expert_action())
+                assert info["valid"], (mode, seed, turn)
+                if terminated or truncated:
+                    break
+            assert info["won"], (mode, seed)
+            lengths[mode].append(turn)
+    mean = {m: sum(v) / len(v) for m, v in lengths.items()}
+    print(f"{split}: mean episode length {mean}")
+    assert (
+        all(e >= o for e, o in zip(lengths["explore"], lengths["oracle"], strict=True))
+        or mean["explore"] > 1.2 * (mean["oracle"])
+    )
+    assert mean["explore"] > mean["oracle"] + 1.0
+
+
+def test_exploring_expert_does_not_use_hidden_locations():
+    """Two scenes that differ only in which closed, unvisited cabinet hides the apple get the same opening moves."""
+    extra = tuple(Receptacle("cabinet", n, True, 5 + n) for n in (2, 3, 4))
+    base = _scene(receptacles=_scene().receptacles + extra)
+    no_counter = tuple(o for o in base.objects if o.location != "countertop 1" or o.type != "apple")
+    plays = []
+    for hide in ("cabinet 2", "cabinet 4"):
+        objects = tuple(dataclasses.replace(o, location=hide) if o.name == "apple 2" else o for o in no_counter)
+        env = HouseholdEnv.from_scene(dataclasses.replace(base, objects=objects), expert="explore")
+        env.reset(seed=5)
+        actions = []
+        for _ in range(30):
+            actions.append(env.expert_action())
+            _, _, terminated, _, info = env.step(actions[-1])
+            assert info["valid"], actions
+            if terminated:
+                break
+        assert info["won"], actions
+        plays.append(actions)
+    first_a, first_b = (next(i for i, a in enumerate(p) if a.startswith("take apple")) for p in plays)
+    common = min(first_a, first_b)
+    assert plays[0][: common - 1] == plays[1][: common - 1], plays  # identical until one of them sees the apple
+    homes = set(PLACEMENT["apple"]) - {"fridge"}  # the goal receptacle type never hides a goal object
+    for p in plays:  # the apple hides where apples never start in generated scenes: every likely place is tried first
+        before = p[: p.index(next(a for a in p if a.startswith("take apple")))]
+        visited = [a.split()[-2] for a in before if a.startswith("go to")]
+        likely = [t in homes for t in visited]
+        assert likely == sorted(likely, reverse=True) and sum(likely) == 3, p  # countertop, microwave, sinkbasin
+
+
+def test_exploring_expert_is_deterministic_per_seed_and_validates_its_mode():
+    def play(seed):
+        env = make("household-v0", "train", expert="explore")
+        env.reset(seed=seed)
+        out, done = [], False
+        while not done:
+            out.append(env.expert_action())
+            _, _, terminated, truncated, _ = env.step(out[-1])
+            done = terminated or truncated
+        return out
+
+    assert play(11) == play(11)
+    assert play(11) != play(12)
+    with pytest.raises(ValueError, match="expert=oracle|explore"):
+        HouseholdEnv(expert="psychic")
+
+
 def test_random_admissible_policy_rarely_succeeds_and_is_always_valid():
     rng = random.Random(0)
     env = make("household-v0", "train")

@@ -37,7 +37,12 @@ Terminated on success. Truncated by :class:`empg.envs.TimeLimit` after 50 turns 
 ``split``: ``train`` / ``eval_in`` / ``eval_out``. ``eval_out`` instructs only object types or object–receptacle
 pairs never instructed in ``train``/``eval_in`` (``OOD_OBJECT_TYPES``, ``OOD_PAIRS`` in the scene module).
 ``strict_split``: reject seeds of other splits. ``HouseholdEnv.from_scene(scene)`` or
-``reset(options={"scene": scene})`` plays a given :class:`HouseholdScene`.
+``reset(options={"scene": scene})`` plays a given :class:`HouseholdScene`. ``expert``: what ``expert_action()``
+demonstrates: ``"oracle"`` (default) walks straight to the hidden goal object; ``"explore"`` acts only on what the
+agent has seen — it searches the receptacles that can hold the goal object in a random order (seeded by the episode
+seed), opens closed ones, takes the object once seen, then transforms and delivers it. Its demos are learnable from
+the observations alone (the oracle's first ``go to`` is not), so behaviour cloning on them gives an imperfect
+searcher rather than a policy that guesses hidden locations; it succeeds on every seed within 50 turns.
 
 ## Version History
 v0: first version.
@@ -45,6 +50,7 @@ v0: first version.
 
 from __future__ import annotations
 
+import random
 import re
 
 from empg.envs.core import TextEnv
@@ -52,6 +58,7 @@ from empg.envs.household_scene import (
     CLEANABLE,
     COOLABLE,
     HEATABLE,
+    LAMP_HOSTS,
     LAMP_TYPES,
     PLACEMENT,
     TRANSFORMER,
@@ -97,17 +104,22 @@ class HouseholdEnv(TextEnv):
     family = "household"
     max_turns = 50
 
-    def __init__(self, split: str = "train", *, strict_split: bool = True):
+    EXPERTS = ("oracle", "explore")
+
+    def __init__(self, split: str = "train", *, strict_split: bool = True, expert: str = "oracle"):
         super().__init__(split, strict_split=strict_split)
+        if expert not in self.EXPERTS:
+            raise ValueError(f"expert={expert!r} is not one of {self.EXPERTS}; pass env kwargs expert=oracle|explore")
+        self.expert = expert
         self._fixed_scene: HouseholdScene | None = None
         self.scene: HouseholdScene | None = None
 
     @classmethod
-    def from_scene(cls, scene: HouseholdScene) -> HouseholdEnv:
+    def from_scene(cls, scene: HouseholdScene, *, expert: str = "oracle") -> HouseholdEnv:
         """An env whose every ``reset`` plays ``scene`` (the seed passed to ``reset`` is only recorded)."""
         if not isinstance(scene, HouseholdScene):
             raise TypeError(f"from_scene needs a HouseholdScene, got {type(scene).__name__}")
-        env = cls(split=scene.split, strict_split=False)
+        env = cls(split=scene.split, strict_split=False, expert=expert)
         env._fixed_scene = scene
         return env
 
@@ -120,6 +132,7 @@ class HouseholdEnv(TextEnv):
             raise TypeError(f"options['scene'] must be a HouseholdScene, got {type(scene).__name__}")
         self.scene = scene
         self._load(scene)
+        self._explore_rng = random.Random(seed * 7919 + 17)
         self._overview = (
             "You are in the middle of a room. Looking quickly around you, you see "
             f"{_listing([r.name for r in scene.receptacles])}."
@@ -148,6 +161,8 @@ class HouseholdEnv(TextEnv):
         self._cool: set[str] = set()
         self._lamps_on: set[str] = set()
         self._won = False
+        self._checked: set[str] = set()  # receptacles whose contents the agent has seen
+        self._target: str | None = None  # the exploring expert's current destination
 
     # ----------------------------------------------------------------- step
     def _step(self, action: str) -> tuple[str, float, bool, dict]:
@@ -157,6 +172,8 @@ class HouseholdEnv(TextEnv):
             obs = NOTHING
         elif not self._won and self._goal_reached():
             self._won = True
+        if self._loc is not None and self._accessible(self._loc):
+            self._checked.add(self._loc)
         return obs, 1.0 if (valid and self._won) else 0.0, self._won, self._info(valid)
 
     def _info(self, valid: bool) -> dict:
@@ -356,8 +373,42 @@ class HouseholdEnv(TextEnv):
         if held is not None and held not in self._goal_objs:
             return self._drop_action(held)
         if held is not None:
+            if self.expert == "explore" and self.scene.task_type == "look_at_obj_in_light":
+                return self._explore_lamp_action()
             return self._deliver_action(held)
-        return self._fetch_action()
+        return self._explore_fetch_action() if self.expert == "explore" else self._fetch_action()
+
+    # The exploring expert: decisions from what the agent has seen (``_checked`` receptacles) and the task text.
+    def _explore_fetch_action(self) -> str:
+        pick_two = self.scene.task_type == "pick_two_obj_and_place"
+        dest = self._dest() if pick_two and self._placed() else None
+        todo = [o for o in self._goal_objs if not (dest and self._obj_loc[o] == dest)]
+        seen = [o for o in todo if self._obj_loc[o] in self._checked]
+        if seen:
+            here = [o for o in seen if self._obj_loc[o] == self._loc]
+            obj = (here or seen)[0]
+            return self._go_or(self._obj_loc[obj], f"take {obj} from {self._obj_loc[obj]}")
+        goal_rtype = self.scene.goal_receptacle_type
+        homes = [t for t in PLACEMENT[self.scene.goal_object_type] if t != goal_rtype]
+        everything = list({rec.type: None for rec in self._recs.values()})
+        return self._explore_step(homes) or self._explore_step(everything) or self._fetch_action()
+
+    def _explore_lamp_action(self) -> str:
+        seen = [lamp for lamp in self._lamps if self._obj_loc[lamp] in self._checked]
+        if seen:
+            return self._go_or(self._obj_loc[seen[0]], f"use {seen[0]}")
+        return self._explore_step(list(LAMP_HOSTS)) or self._deliver_action(self._holding)
+
+    def _explore_step(self, rtypes: list[str]) -> str | None:
+        """Open the current receptacle if it is an unchecked candidate, else go to a random unchecked candidate."""
+        candidates = [r for r, rec in self._recs.items() if rec.type in rtypes and r not in self._checked]
+        if not candidates:
+            return None
+        if self._loc in candidates:
+            return f"open {self._loc}"  # unchecked and here: it is closed
+        if self._target not in candidates:
+            self._target = self._explore_rng.choice(candidates)
+        return f"go to {self._target}"
 
     def _go_or(self, rec: str, action: str) -> str:
         """``go to rec`` unless there; then ``open rec`` if closed; else ``action``."""
