@@ -164,6 +164,7 @@ def test_bad_parallel_and_missing_grid(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------- real sweeps (processes)
+@pytest.mark.slow
 def test_real_sweep_runs_shared_sft_then_two_runs_in_parallel(tmp_path, micro_dir, sweep_out, capsys):
     grid = write_grid(tmp_path / "g.yaml", micro_dir)
     assert main(["sweep", str(grid), "--out", str(sweep_out), "--parallel", "2"]) == 0
@@ -225,6 +226,7 @@ def test_report_on_the_real_sweep(sweep_out, tmp_path):
         assert r["wall_s"] > 0 and r["train_time_s"] > 0
 
 
+@pytest.mark.slow
 def test_failed_run_is_reported_and_interrupted_run_resumes(tmp_path, micro_dir, sweep_out, capsys):
     """iterations 1 -> 2: grpo/seed0 (checkpoint at 1) is continued with --resume while a broken method fails."""
     before = (sweep_out / "grpo" / "seed0" / "metrics.jsonl").read_text().splitlines()
