@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from empg.train.config import ConfigError, apply_overrides, format_help, load_config, load_run_config
 
@@ -241,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args, console)
     except (ConfigError, FileNotFoundError, FileExistsError) as e:
-        Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False)
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
         return EXIT_CONFIG
 
 

@@ -119,12 +119,16 @@ def final_eval(rows: list[dict], splits: list[str]) -> dict[str, float]:
 
 
 def count_env_steps(rows: list[dict], config: dict) -> int | None:
-    """Training env steps: Σ ep_len × (rounds × n_tasks × group_size − failed), None without a config."""
+    """Training env steps: Σ ``train/env_steps`` where logged, else Σ ep_len × (rounds × n_tasks × group_size −
+    failed); None without a config."""
     rollout = config.get("rollout", {})
     if "n_tasks" not in rollout or "group_size" not in rollout:
         return None
     total = 0.0
     for row in rows:
+        if row.get("train/env_steps") is not None:  # logged by the trainer since it existed; exact
+            total += row["train/env_steps"]
+            continue
         if row.get("train/ep_len") is None:
             continue
         episodes = row.get("dapo/rounds", 1) * rollout["n_tasks"] * rollout["group_size"]

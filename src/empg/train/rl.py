@@ -370,6 +370,7 @@ def rollout_phase(run: Run, it: int) -> tuple[list, list, dict[str, float]]:
         "train/ep_len": n_steps / max(1, len(done)),
         "train/invalid_rate": sum(t.n_invalid for t in done) / max(1, n_steps),
         "train/failed_episodes": float(len(all_trajs) - len(done)),
+        "train/env_steps": float(sum(t.length for t in all_trajs)),
         "train/n_steps": float(len(kept_steps)),
         "dapo/kept_groups": float(len({t.group_id for t in kept_trajs})),
         "dapo/rounds": float(n_rounds),
