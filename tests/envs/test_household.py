@@ -495,6 +495,29 @@ def test_exploring_expert_is_deterministic_per_seed_and_validates_its_mode():
         HouseholdEnv(expert="psychic")
 
 
+@pytest.mark.parametrize("split", ["train", "eval_out"])
+def test_small_scenes_have_one_receptacle_per_type_and_both_experts_win(split):
+    lengths = {m: [] for m in HouseholdEnv.EXPERTS}
+    for seed in split_seeds(split, 100):
+        scene = generate_scene(seed, split, "small")
+        assert scene == generate_scene(seed, split, "small") and scene != generate_scene(seed, split)
+        assert all(r.number == 1 for r in scene.receptacles), scene.receptacles
+        assert 6 <= len(scene.objects) <= 16 + 3 and scene.is_ood == (split == "eval_out")
+        for mode in HouseholdEnv.EXPERTS:
+            env = make("household-v0", split, expert=mode, scene_size="small")
+            env.reset(seed=seed)
+            for turn in range(1, 51):
+                _, _, terminated, _, info = env.step(env.expert_action())
+                assert info["valid"], (mode, seed, turn)
+                if terminated:
+                    break
+            assert info["won"], (mode, seed)
+            lengths[mode].append(turn)
+    assert sum(lengths["oracle"]) < sum(lengths["explore"]) <= 10 * len(lengths["explore"])
+    with pytest.raises(ValueError, match="scene_size=full|small"):
+        HouseholdEnv(scene_size="tiny")
+
+
 def test_random_admissible_policy_rarely_succeeds_and_is_always_valid():
     rng = random.Random(0)
     env = make("household-v0", "train")

@@ -43,6 +43,8 @@ agent has seen — it searches the receptacles that can hold the goal object in 
 seed), opens closed ones, takes the object once seen, then transforms and delivers it. Its demos are learnable from
 the observations alone (the oracle's first ``go to`` is not), so behaviour cloning on them gives an imperfect
 searcher rather than a policy that guesses hidden locations; it succeeds on every seed within 50 turns.
+``scene_size``: ``"full"`` (default) or ``"small"``: at most one receptacle per type and 8-16 objects (an easier,
+shorter-prompt variant for tiny models on a CPU; same task types, splits and semantics).
 
 ## Version History
 v0: first version.
@@ -61,6 +63,7 @@ from empg.envs.household_scene import (
     LAMP_HOSTS,
     LAMP_TYPES,
     PLACEMENT,
+    SCENE_SIZES,
     TRANSFORMER,
     HouseholdScene,
     generate_scene,
@@ -106,11 +109,16 @@ class HouseholdEnv(TextEnv):
 
     EXPERTS = ("oracle", "explore")
 
-    def __init__(self, split: str = "train", *, strict_split: bool = True, expert: str = "oracle"):
+    def __init__(
+        self, split: str = "train", *, strict_split: bool = True, expert: str = "oracle", scene_size: str = "full"
+    ):
         super().__init__(split, strict_split=strict_split)
         if expert not in self.EXPERTS:
             raise ValueError(f"expert={expert!r} is not one of {self.EXPERTS}; pass env kwargs expert=oracle|explore")
+        if scene_size not in SCENE_SIZES:
+            raise ValueError(f"scene_size={scene_size!r} is not one of {SCENE_SIZES}; pass scene_size=full|small")
         self.expert = expert
+        self.scene_size = scene_size
         self._fixed_scene: HouseholdScene | None = None
         self.scene: HouseholdScene | None = None
 
@@ -127,7 +135,7 @@ class HouseholdEnv(TextEnv):
     def _reset(self, seed: int, options: dict) -> tuple[str, dict]:
         scene = options.get("scene", self._fixed_scene)
         if scene is None:
-            scene = generate_scene(seed, self.split)
+            scene = generate_scene(seed, self.split, self.scene_size)
         elif not isinstance(scene, HouseholdScene):
             raise TypeError(f"options['scene'] must be a HouseholdScene, got {type(scene).__name__}")
         self.scene = scene

@@ -219,6 +219,7 @@ _TEMPLATES = {
     "pick_two_obj_and_place": ("put two {o} in {r}.", "find two {o} and put them in {r}."),
 }
 MIN_OBJECTS, MAX_OBJECTS = 20, 40
+SMALL_OBJECTS = (8, 16)  # object count range of scene_size='small'
 
 
 @dataclass(frozen=True)
@@ -318,26 +319,34 @@ def is_ood_instruction(object_type: str, receptacle_type: str | None) -> bool:
 
 
 # ----------------------------------------------------------------------------- generation
-def generate_scene(seed: int, split: str) -> HouseholdScene:
+SCENE_SIZES = ("full", "small")
+
+
+def generate_scene(seed: int, split: str, size: str = "full") -> HouseholdScene:
     """Build the scene for ``seed`` in ``split``: a pure, deterministic function (same inputs → equal scenes).
 
     Args:
         seed: non-negative int; the env only passes seeds of the matching split, but any seed works here.
         split: ``train`` / ``eval_in`` (in-distribution instructions) or ``eval_out`` (OOD instructions).
+        size: ``"full"`` (ALFWorld-like: 10-30 receptacles, 20-40 objects) or ``"small"`` (at most one receptacle
+            of each type and 8-16 objects: shorter prompts and searches, for tiny models on a CPU).
     """
     check_split(split)
     if not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    rng = random.Random(f"household-v0/{split}/{seed}")
+    if size not in SCENE_SIZES:
+        raise ValueError(f"scene size {size!r} is not one of {SCENE_SIZES}")
+    small = size == "small"
+    rng = random.Random(f"household-v0/{split}/{seed}" + ("/small" if small else ""))
     task_type = rng.choice(TASK_TYPES)
     while True:  # a few rooms lack candidates for a task (e.g. no lamp host); resample the room
         room = rng.choice(_TASK_ROOMS[task_type])
-        receptacles = _sample_receptacles(rng, room)
+        receptacles = _sample_receptacles(rng, room, small=small)
         goals = _goal_candidates(task_type, {r.type for r in receptacles}, ood=split == "eval_out")
         if goals:
             break
     goal_obj, goal_rec = rng.choice(goals)
-    objects, lamp = _place_objects(rng, task_type, receptacles, goal_obj, goal_rec)
+    objects, lamp = _place_objects(rng, task_type, receptacles, goal_obj, goal_rec, small=small)
     template = rng.choice(_TEMPLATES[task_type])
     lamp_type = lamp.partition(" ")[0] if lamp else "desklamp"
     task = template.format(o=goal_obj, r=goal_rec, l=lamp_type)
@@ -355,12 +364,12 @@ def generate_scene(seed: int, split: str) -> HouseholdScene:
     )
 
 
-def _sample_receptacles(rng: random.Random, room: str) -> tuple[Receptacle, ...]:
+def _sample_receptacles(rng: random.Random, room: str, *, small: bool = False) -> tuple[Receptacle, ...]:
     kinds = list(ROOMS[room])
     rng.shuffle(kinds)
     out: list[Receptacle] = []
     for rtype, lo, hi in kinds:
-        for number in range(1, rng.randint(lo, hi) + 1):
+        for number in range(1, rng.randint(min(lo, 1), 1) + 1 if small else rng.randint(lo, hi) + 1):
             out.append(Receptacle(rtype, number, rtype in OPENABLE, len(out)))
     return tuple(out)
 
@@ -395,6 +404,8 @@ def _place_objects(
     receptacles: tuple[Receptacle, ...],
     goal_obj: str,
     goal_rec: str | None,
+    *,
+    small: bool = False,
 ) -> tuple[tuple[SceneObject, ...], str | None]:
     by_type: dict[str, list[Receptacle]] = {}
     for r in receptacles:
@@ -425,7 +436,7 @@ def _place_objects(
     for _ in range(n_goal):
         add(goal_obj, homes(goal_obj))
     present = [t for t in PLACEMENT if homes(t)]
-    n_total = rng.randint(MIN_OBJECTS, MAX_OBJECTS)
+    n_total = rng.randint(*(SMALL_OBJECTS if small else (MIN_OBJECTS, MAX_OBJECTS)))
     while len(objects) < n_total:
         add(otype := rng.choice(present), homes(otype))
     rng.shuffle(objects)
