@@ -23,28 +23,10 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "experiments" / "example.yaml"
 
 
 @pytest.fixture(scope="module")
-def micro_dir(tiny, tmp_path_factory):
+def micro_dir(tiny, tmp_path_factory, make_micro_policy):
     """A 1-layer, hidden-32 Qwen2 with the session's tiny tokenizer, saved as a model directory."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    from empg.policy import Policy
-
-    tok = tiny.tokenizer
-    config = Qwen2Config(
-        vocab_size=len(tok),
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        intermediate_size=64,
-        max_position_embeddings=4096,
-        tie_word_embeddings=True,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
-    torch.manual_seed(0)
     path = tmp_path_factory.mktemp("micro") / "model"
-    Policy(Qwen2ForCausalLM(config).eval(), tok, "micro").save(path)
+    make_micro_policy(tiny.tokenizer).save(path)
     return path
 
 

@@ -8,28 +8,11 @@ from empg.eval.evaluate import evaluate_policy, render_report
 
 
 @pytest.fixture(scope="module")
-def policy():
+def policy(make_micro_policy):
     """A micro Qwen2 (1 layer, hidden 32) with a BPE tokenizer trained on a few household episodes."""
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    from empg.policy import Policy
     from empg.policy.tokenizer import env_corpus, train_tokenizer
 
-    tok = train_tokenizer(env_corpus(("household-v0",), episodes=4), vocab_size=512)
-    config = Qwen2Config(
-        vocab_size=len(tok),
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        intermediate_size=64,
-        tie_word_embeddings=True,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
-    torch.manual_seed(0)
-    return Policy(Qwen2ForCausalLM(config).eval(), tok, "micro")
+    return make_micro_policy(train_tokenizer(env_corpus(("household-v0",), episodes=4), vocab_size=512))
 
 
 def test_report_is_deterministic_and_complete(policy):

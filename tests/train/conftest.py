@@ -7,35 +7,19 @@ import torch
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory):
+def tiny_model_dir(tmp_path_factory, make_micro_policy):
     """A micro Qwen2 (1 layer, hidden 32) with a BPE tokenizer trained here on household episodes, saved once.
 
     Runs load it as a local directory (``model.spec=<dir>``). It is far cheaper than ``tiny-1m`` per token, which keeps
     the end-to-end runs at about a second per iteration on 2 shared cores; the code path is the one of any HF model
     directory (``tiny-1m`` itself is built by the policy tests).
     """
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    from empg.policy import Policy
     from empg.policy.tokenizer import env_corpus, train_tokenizer
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("tiny")
     tok = train_tokenizer(env_corpus(("household-v0",), episodes=8), vocab_size=1024)
-    config = Qwen2Config(
-        vocab_size=len(tok),
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        intermediate_size=64,
-        max_position_embeddings=4096,
-        tie_word_embeddings=True,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
-    torch.manual_seed(0)
-    policy = Policy(Qwen2ForCausalLM(config).eval(), tok, "micro")
+    policy = make_micro_policy(tok)
     path = root / "model"
     policy.save(path)
     return path
