@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from empg.cli import main
-from empg.train import rl
+from empg.train import backends, rl
 from empg.train.config import load_config
 from empg.train.metrics import read_metrics
 
@@ -29,7 +29,7 @@ def local_ray():
 def pools(monkeypatch):
     """The env pools the trainer builds, with the env methods each of their worker calls carried."""
     made = []
-    real = rl.make_env_pool
+    real = backends.make_env_pool
 
     def spy(cfg):
         pool = real(cfg)
@@ -39,7 +39,7 @@ def pools(monkeypatch):
         made.append(pool)
         return pool
 
-    monkeypatch.setattr(rl, "make_env_pool", spy)
+    monkeypatch.setattr(backends, "make_env_pool", spy)
     return made
 
 

@@ -222,6 +222,7 @@ def rollout_steps(policy: Any, cfg: Any, split: str, episodes: int, seed: int) -
 
     from empg.envs import split_seeds
     from empg.rollout import collect
+    from empg.train.backends import rollout_settings
 
     torch.manual_seed(seed)
     result = collect(
@@ -230,14 +231,8 @@ def rollout_steps(policy: Any, cfg: Any, split: str, episodes: int, seed: int) -
         split_seeds(split, episodes),
         group_size=1,
         split=split,
-        temperature=cfg.rollout.temperature,
-        top_p=cfg.rollout.top_p,
-        max_new_tokens=cfg.rollout.max_new_tokens,
-        max_turns=cfg.env.max_turns,
-        history=cfg.rollout.history,
-        record_behaviour=False,
-        generator=torch.Generator().manual_seed(seed),
         env_kwargs=cfg.env.kwargs,
+        **rollout_settings(cfg, torch.Generator().manual_seed(seed)),
     )
     steps = [s for s in result.steps if s.response_ids]
     if not steps:

@@ -407,7 +407,7 @@ def make_envs(
     """``n_envs`` envs: in-process (``env_workers == 0``) or a :class:`RayEnvPool` with ``env_workers`` actors.
 
     Both results can be passed to ``collect_with_envs``. The trainer's ``rollout.env_workers: N`` builds the same pool
-    (:func:`empg.train.rl.make_env_pool`, one CPU per actor at most).
+    (:func:`empg.train.backends.make_env_pool`, one CPU per actor at most).
     """
     if env_workers < 0:
         raise ValueError(f"rollout.env_workers must be >= 0 (0 = in-process envs), got {env_workers}")

@@ -291,6 +291,7 @@ def sharded_rollout_phase(run: Any, it: int, info: DistInfo) -> tuple[list, list
     from empg.algos import filter_groups
     from empg.rollout import collect
     from empg.train import rl
+    from empg.train.backends import rollout_settings
 
     if not info.enabled:
         return rl.rollout_phase(run, it)
@@ -313,14 +314,8 @@ def sharded_rollout_phase(run: Any, it: int, info: DistInfo) -> tuple[list, list
             seeds[lo:hi],
             group_size=cfg.rollout.group_size,
             split="train",
-            temperature=cfg.rollout.temperature,
-            top_p=cfg.rollout.top_p,
-            max_new_tokens=cfg.rollout.max_new_tokens,
-            max_turns=cfg.env.max_turns,
-            history=cfg.rollout.history,
-            record_behaviour=False,
-            generator=roll_gen,
             env_kwargs=cfg.env.kwargs,
+            **rollout_settings(cfg, roll_gen),
         )
         n_tokens += sum(len(s.response_ids) for s in result.steps)
         steps, trajs = renumber_shard(result.steps, result.trajectories, n_groups + lo, cfg.rollout.group_size)

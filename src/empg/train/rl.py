@@ -39,6 +39,7 @@ from typing import Any
 import torch
 
 from empg.train import checkpoint as ckpt
+from empg.train.backends import rollout_backends, rollout_settings, sync_rollout_weights
 from empg.train.config import TrainConfig, to_yaml
 from empg.train.metrics import MetricsLogger, check_finite, masked_mean, stats, truncate_jsonl
 
@@ -248,67 +249,6 @@ def _save_atomic(policy: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-@contextmanager
-def rollout_backends(run: Run) -> Iterator[None]:
-    """Start the vLLM engine (``model.backend=vllm``) and the Ray env workers (``rollout.env_workers > 0``) for the
-    body, and stop them when it exits, normally or by an exception (Ray itself too when it was started here)."""
-    cfg = run.cfg
-    started_ray = False
-    try:
-        if cfg.model.backend == "vllm":
-            from empg.policy.vllm import make_policy
-
-            run.rollout_policy = make_policy(run.policy, "vllm")
-        if cfg.rollout.env_workers > 0:
-            started_ray = _init_ray()
-            run.env_pool = make_env_pool(cfg)
-        yield
-    finally:
-        if run.env_pool is not None:
-            run.env_pool.close()
-            run.env_pool = None
-        if run.rollout_policy is not None:
-            run.rollout_policy.close()
-            run.rollout_policy = None
-        if started_ray:
-            import ray
-
-            ray.shutdown()
-
-
-def _init_ray() -> bool:
-    """Join Ray: the running instance, else the cluster at ``RAY_ADDRESS``, else a new local one. True if started."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    ray.init(include_dashboard=False)
-    return True
-
-
-def make_env_pool(cfg: TrainConfig) -> Any:
-    """``n_tasks * group_size`` train envs spread over ``rollout.env_workers`` Ray actors.
-
-    Each actor reserves one CPU, or an equal share of the cluster's CPUs when there are more actors than CPUs (Ray
-    would otherwise leave the extra actors waiting for a CPU forever).
-    """
-    import ray
-
-    from empg.rollout.workers import RayEnvPool
-
-    n = cfg.rollout.env_workers
-    cpus = float(ray.cluster_resources().get("CPU", 1.0))
-    return RayEnvPool(
-        cfg.env.id,
-        cfg.rollout.n_tasks * cfg.rollout.group_size,
-        n_workers=n,
-        split="train",
-        max_turns=cfg.env.max_turns,
-        env_kwargs=cfg.env.kwargs,
-        num_cpus_per_worker=min(1.0, round(cpus / n, 4)),
-    )
-
-
 # ============================================================================= 1. rollout
 def sample_tasks(pool: list[int], n: int, generator: torch.Generator) -> list[int]:
     """``n`` distinct train seeds drawn from ``pool``."""
@@ -387,15 +327,7 @@ def collect_round(run: Run, seeds: list[int], generator: torch.Generator) -> Any
     from empg.rollout import collect, collect_with_envs
 
     cfg = run.cfg
-    settings: dict[str, Any] = {
-        "temperature": cfg.rollout.temperature,
-        "top_p": cfg.rollout.top_p,
-        "max_new_tokens": cfg.rollout.max_new_tokens,
-        "max_turns": cfg.env.max_turns,
-        "history": cfg.rollout.history,
-        "record_behaviour": False,  # the scoring pass computes them with the trained model
-        "generator": generator,
-    }
+    settings = rollout_settings(cfg, generator)  # behaviour log-probs: the scoring pass computes them
     g = cfg.rollout.group_size
     if run.env_pool is None:
         return collect(run.generating_policy, cfg.env.id, seeds, group_size=g, env_kwargs=cfg.env.kwargs, **settings)
@@ -663,15 +595,6 @@ def _micro_backward(run: Run, batch: Any, idx: torch.Tensor, ref_logp: Any, deno
     for key, value in m.items():
         if key != "actor/pg_loss":  # a micro-batch's partial sum; loss/pg is the mini-batch loss
             add(key, value)
-
-
-def sync_rollout_weights(run: Run) -> dict[str, float]:
-    """Push the updated weights into the vLLM engine (``model.backend=vllm``); nothing to do with the hf backend."""
-    if run.rollout_policy is None:
-        return {}
-    t0 = time.perf_counter()
-    run.rollout_policy.sync_weights(run.policy.model)
-    return {"time/weight_sync": time.perf_counter() - t0}
 
 
 def _denominator(cfg: TrainConfig, mask: torch.Tensor) -> float:
