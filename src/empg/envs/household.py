@@ -40,9 +40,12 @@ pairs never instructed in ``train``/``eval_in`` (``OOD_OBJECT_TYPES``, ``OOD_PAI
 ``reset(options={"scene": scene})`` plays a given :class:`HouseholdScene`. ``expert``: what ``expert_action()``
 demonstrates: ``"oracle"`` (default) walks straight to the hidden goal object; ``"explore"`` acts only on what the
 agent has seen — it searches the receptacles that can hold the goal object in a random order (seeded by the episode
-seed), opens closed ones, takes the object once seen, then transforms and delivers it. Its demos are learnable from
-the observations alone (the oracle's first ``go to`` is not), so behaviour cloning on them gives an imperfect
-searcher rather than a policy that guesses hidden locations; it succeeds on every seed within 50 turns.
+seed), opens closed ones, takes the object once seen, then transforms and delivers it; ``"systematic"`` does the same
+but searches in a fixed prior order (the goal object's likely receptacle types first, in ``PLACEMENT`` order, then by
+number), so its next ``go to`` follows from the task and the current location alone, which a policy that sees only
+the last few steps can imitate. Both are learnable from the observations alone (the oracle's first ``go to`` is not),
+so behaviour cloning on them gives an imperfect searcher rather than a policy that guesses hidden locations; they
+succeed on every seed within 50 turns.
 ``scene_size``: ``"full"`` (default) or ``"small"``: at most one receptacle per type and 8-16 objects (an easier,
 shorter-prompt variant for tiny models on a CPU; same task types, splits and semantics).
 
@@ -107,14 +110,16 @@ class HouseholdEnv(TextEnv):
     family = "household"
     max_turns = 50
 
-    EXPERTS = ("oracle", "explore")
+    EXPERTS = ("oracle", "explore", "systematic")
 
     def __init__(
         self, split: str = "train", *, strict_split: bool = True, expert: str = "oracle", scene_size: str = "full"
     ):
         super().__init__(split, strict_split=strict_split)
         if expert not in self.EXPERTS:
-            raise ValueError(f"expert={expert!r} is not one of {self.EXPERTS}; pass env kwargs expert=oracle|explore")
+            raise ValueError(
+                f"expert={expert!r} is not one of {self.EXPERTS}; pass env kwargs expert=oracle|explore|systematic"
+            )
         if scene_size not in SCENE_SIZES:
             raise ValueError(f"scene_size={scene_size!r} is not one of {SCENE_SIZES}; pass scene_size=full|small")
         self.expert = expert
@@ -381,10 +386,10 @@ class HouseholdEnv(TextEnv):
         if held is not None and held not in self._goal_objs:
             return self._drop_action(held)
         if held is not None:
-            if self.expert == "explore" and self.scene.task_type == "look_at_obj_in_light":
+            if self.expert != "oracle" and self.scene.task_type == "look_at_obj_in_light":
                 return self._explore_lamp_action()
             return self._deliver_action(held)
-        return self._explore_fetch_action() if self.expert == "explore" else self._fetch_action()
+        return self._fetch_action() if self.expert == "oracle" else self._explore_fetch_action()
 
     # The exploring expert: decisions from what the agent has seen (``_checked`` receptacles) and the task text.
     def _explore_fetch_action(self) -> str:
@@ -414,7 +419,11 @@ class HouseholdEnv(TextEnv):
             return None
         if self._loc in candidates:
             return f"open {self._loc}"  # unchecked and here: it is closed
-        if self._target not in candidates:
+        if self.expert == "systematic":  # first in the prior order: likely types first, then by number
+            rank = {t: i for i, t in enumerate(rtypes)}
+            candidates = sorted(candidates, key=lambda r: (rank[self._recs[r].type], self._recs[r].number))
+            self._target = candidates[0]
+        elif self._target not in candidates:
             self._target = self._explore_rng.choice(candidates)
         return f"go to {self._target}"
 
