@@ -88,6 +88,9 @@ def test_unknown_key_in_yaml(tmp_path):
         ("rollout.temperature=0", "rollout.temperature", "(0, 10]"),
         ("rollout.env_workers=-1", "rollout.env_workers", ">= 0"),
         ("model.backend=tpu", "model.backend", "hf, vllm"),
+        ("sft.noise=1", "sft.noise", "[0, 1)"),
+        ("sft.schedule=linear", "sft.schedule", "constant, cosine"),
+        ("sft.warmup_steps=-5", "sft.warmup_steps", ">= 0"),
     ],
 )
 def test_errors_name_field_problem_and_fix(override, field, needle):

@@ -77,3 +77,54 @@ def test_sft_command_saves_base_model_and_report(tmp_path, tiny_model_dir):
     assert report["demo_episodes"] == 2 and len(report["losses"]) == 4
     assert 0.0 <= report["eval_in/success"] <= 1.0 and "eval_out/success" in report
     assert (run_dir / "base_model" / "config.json").is_file()
+
+
+def test_noisy_demos_train_only_on_expert_steps(policy, monkeypatch):
+    """sft.noise (DART): perturbed steps are executed and shown in history but never targets; the rest are expert."""
+    import empg.envs
+    from empg.rollout import prompts
+
+    log = []  # per executed step: (expert's suggestion, executed action, admissible actions)
+    real_make = empg.envs.make
+
+    def spying_make(*args, **kwargs):
+        env = real_make(*args, **kwargs)
+        inner_expert, inner_step = env.expert_action, env.step
+        state = {}
+
+        def expert_action():
+            state["expert"] = inner_expert()
+            state["admissible"] = list(env.unwrapped.admissible_actions())
+            return state["expert"]
+
+        def step(action):
+            log.append((state.pop("expert"), action, state.pop("admissible")))
+            return inner_step(action)
+
+        env.expert_action, env.step = expert_action, step
+        return env
+
+    monkeypatch.setattr(empg.envs, "make", spying_make)
+    seeds = split_seeds("train", 6)
+    demos = collect_demos(policy, "household-v0", seeds, max_turns=20, noise=0.4)
+    perturbed = [(e, a, adm) for e, a, adm in log if a != e]
+    followed = [e for e, a, _ in log if a == e]
+    assert 0 < len(perturbed) < len(log)
+    assert all(a in adm for _, a, adm in perturbed)  # detours are admissible actions
+    assert len(demos) == len(followed)
+    targets = [prompts.parse_action(policy.tokenizer.decode(d.response_ids)) for d in demos]
+    assert targets == followed
+    monkeypatch.setattr(empg.envs, "make", real_make)
+    again = collect_demos(policy, "household-v0", seeds, max_turns=20, noise=0.4)
+    assert [d.prompt_ids for d in again] == [d.prompt_ids for d in demos]  # seeded by the episode seed
+
+
+def test_lr_schedule_factors():
+    from empg.train.sft import lr_factor
+
+    assert [lr_factor(i, 4, "constant", 2) for i in range(4)] == [0.5, 1.0, 1.0, 1.0]
+    # cosine over the 4 steps after a 1-step warm-up: 0.5 (1 + cos(pi j / 3)), j = 0..3
+    assert [round(lr_factor(i, 5, "cosine", 1), 6) for i in range(5)] == [1.0, 1.0, 0.75, 0.25, 0.0]
+    assert lr_factor(0, 1, "cosine") == 1.0  # a single step is not decayed to 0
+    with pytest.raises(ValueError, match="schedule"):
+        lr_factor(3, 5, "linear")

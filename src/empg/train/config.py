@@ -97,6 +97,14 @@ class SFTConfig:
     batch_size: int = _f(16, "Demonstration steps per optimizer step.")
     lr: float = _f(1e-3, "AdamW learning rate for SFT.")
     weight_decay: float = _f(0.0, "AdamW weight decay for SFT.")
+    schedule: str = _f("constant", "SFT learning-rate schedule: constant | cosine (decays to 0 at the last step).")
+    warmup_steps: int = _f(0, "Linear learning-rate warm-up over the first steps of SFT (both schedules).")
+    noise: float = _f(
+        0.0,
+        "DART-style perturbed demos: probability that a demo step executes a random admissible action instead of the "
+        "expert's (not trained on); the expert's recovery from there is. Teaches recovery from the policy's own "
+        "mistakes (0 = clean demos).",
+    )
     eval_episodes: int = _f(32, "Episodes per eval split evaluated after SFT (0 = skip).")
 
 
@@ -204,6 +212,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "algo.loss_agg": ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.backend": ("hf", "vllm"),
+    "sft.schedule": ("constant", "cosine"),
 }
 
 
@@ -239,6 +248,7 @@ def validate(cfg: TrainConfig, *, extras: bool = True) -> TrainConfig:
         ("sft.batch_size", 1),
         ("sft.eval_episodes", 0),
         ("sft.seed_offset", 0),
+        ("sft.warmup_steps", 0),
         ("algo.max_resample_rounds", 0),
         ("algo.ppo_epochs", 1),
         ("optim.micro_batch_size", 1),
@@ -277,6 +287,7 @@ def validate(cfg: TrainConfig, *, extras: bool = True) -> TrainConfig:
     _check(cfg.algo.reward_scale > 0, "algo.reward_scale", "must be > 0 (0 makes every advantage 0)", "use e.g. 10")
     _check(cfg.optim.lr > 0, "optim.lr", "must be > 0", "use e.g. 1e-6 for LLMs, 1e-4 for the tiny models")
     _check(cfg.sft.lr > 0, "sft.lr", "must be > 0", "use e.g. 1e-3 for the tiny models")
+    _check(0 <= cfg.sft.noise < 1, "sft.noise", f"must be in [0, 1), got {cfg.sft.noise}", "use 0 (off) to 0.3")
     _check(
         0 < cfg.rollout.temperature <= 10,
         "rollout.temperature",

@@ -15,6 +15,7 @@ that RL has room to show what it adds.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,24 +46,42 @@ def collect_demos(
     history: int = 2,
     split: str = "train",
     env_kwargs: dict | None = None,
+    noise: float = 0.0,
 ) -> list[Demo]:
-    """Expert episodes on ``seeds`` rendered as (prompt, response) token pairs with the rollout's prompt code."""
+    """Expert episodes on ``seeds`` rendered as (prompt, response) token pairs with the rollout's prompt code.
+
+    With ``noise > 0`` each step executes, with that probability, a random admissible action other than the expert's
+    (DART, Laskey et al. 2017): the perturbed step is shown in later prompts' history but is not a training target;
+    the expert's steps from the perturbed states are, so the policy sees how to recover from off-course states such
+    as the ones its own mistakes lead to. The draw is seeded by the episode seed. Envs that list no admissible
+    actions give clean demos.
+    """
+    import random
+
     from empg.envs import make
     from empg.rollout import prompts
 
     demos: list[Demo] = []
     for seed in seeds:
         env = make(env_id, split, max_turns=max_turns, **(env_kwargs or {}))
+        rng = random.Random(seed * 1_000_033 + 7)
         obs, info = env.reset(seed=seed)
         past: list[tuple[str, str]] = []
         done, step = False, 0
         while not done:
             action = env.expert_action()
-            messages = prompts.build_messages(
-                env.family, info["task"], obs, past[-history:] if history else [], step, info["admissible_actions"]
-            )
-            text = prompts.expert_response(env.family, action)
-            demos.append(Demo(policy.chat_prompt_ids(messages), encode_response(policy, text), info["task_type"], seed))
+            admissible = info["admissible_actions"]
+            detours = [a for a in admissible or [] if a != action]
+            if noise > 0 and detours and rng.random() < noise:
+                action = rng.choice(detours)
+            else:
+                messages = prompts.build_messages(
+                    env.family, info["task"], obs, past[-history:] if history else [], step, admissible
+                )
+                text = prompts.expert_response(env.family, action)
+                demos.append(
+                    Demo(policy.chat_prompt_ids(messages), encode_response(policy, text), info["task_type"], seed)
+                )
             past.append((obs, action))
             task = info["task"]
             obs, _, terminated, truncated, info = env.step(action)
@@ -90,6 +109,8 @@ def sft_train(
     batch_size: int,
     lr: float,
     weight_decay: float = 0.0,
+    schedule: str = "constant",
+    warmup_steps: int = 0,
     seed: int = 0,
     progress: Any = None,
 ) -> list[float]:
@@ -99,6 +120,7 @@ def sft_train(
         policy: an :class:`empg.policy.Policy` (trained in place).
         demos: from :func:`collect_demos`.
         steps, batch_size, lr, weight_decay: AdamW behaviour cloning settings.
+        schedule, warmup_steps: learning rate ``lr * lr_factor(step)`` (:func:`lr_factor`).
         seed: seeds the mini-batch shuffling.
         progress: optional callable ``progress(step, loss)``.
     """
@@ -111,6 +133,7 @@ def sft_train(
     pad = policy.tokenizer.pad_token_id
     pad = pad if pad is not None else (policy.tokenizer.eos_token_id or 0)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: lr_factor(i, steps, schedule, warmup_steps))
     gen = torch.Generator().manual_seed(seed)
     order: list[int] = []
     losses: list[float] = []
@@ -128,10 +151,30 @@ def sft_train(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        sched.step()
         losses.append(float(loss.detach()))
         if progress is not None:
             progress(step, losses[-1])
     return losses
+
+
+def lr_factor(step: int, steps: int, schedule: str = "constant", warmup_steps: int = 0) -> float:
+    """Multiplier of the SFT learning rate at 0-based ``step`` of ``steps``.
+
+    Linear warm-up ``(step + 1) / warmup_steps`` over the first ``warmup_steps`` steps; then 1 (``constant``) or a
+    cosine from 1 down to 0 at the last step (``cosine``).
+
+    >>> [round(lr_factor(i, 5, "cosine", 1), 3) for i in range(5)]
+    [1.0, 1.0, 0.75, 0.25, 0.0]
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    if schedule != "cosine":
+        raise ValueError(f"unknown schedule {schedule!r}; use constant | cosine")
+    span = steps - warmup_steps - 1
+    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup_steps) / span)) if span > 0 else 1.0
 
 
 def run_sft(policy: Any, cfg: TrainConfig, run_dir: Path, *, console: Any = None) -> dict:
@@ -143,7 +186,13 @@ def run_sft(policy: Any, cfg: TrainConfig, run_dir: Path, *, console: Any = None
     t0 = time.perf_counter()
     seeds = split_seeds("train", cfg.sft.episodes, start=cfg.sft.seed_offset)
     demos = collect_demos(
-        policy, cfg.env.id, seeds, max_turns=cfg.env.max_turns, history=cfg.rollout.history, env_kwargs=cfg.env.kwargs
+        policy,
+        cfg.env.id,
+        seeds,
+        max_turns=cfg.env.max_turns,
+        history=cfg.rollout.history,
+        env_kwargs=cfg.env.kwargs,
+        noise=cfg.sft.noise,
     )
     t_demos = time.perf_counter() - t0
     torch.manual_seed(cfg.seed)
@@ -155,6 +204,8 @@ def run_sft(policy: Any, cfg: TrainConfig, run_dir: Path, *, console: Any = None
             batch_size=cfg.sft.batch_size,
             lr=cfg.sft.lr,
             weight_decay=cfg.sft.weight_decay,
+            schedule=cfg.sft.schedule,
+            warmup_steps=cfg.sft.warmup_steps,
             seed=cfg.seed,
             progress=progress,
         )
