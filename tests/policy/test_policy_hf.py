@@ -48,6 +48,30 @@ def test_batched_greedy_equals_one_by_one(tiny):
         torch.testing.assert_close(torch.tensor(x.logprobs), torch.tensor(y.logprobs), atol=1e-4, rtol=0)
 
 
+def test_ragged_prefill_equals_one_padded_batch_and_shares_identical_prompts(tiny, monkeypatch):
+    """CPU prefills each distinct prompt alone and stacks the caches; the padded-batch path (GPU) must agree."""
+    import empg.policy.hf as hf
+
+    prompts = _prompts(tiny)
+    prompts = [prompts[0], prompts[2], prompts[0], prompts[1], prompts[2]]  # duplicates: prefilled once each
+    calls = []
+    real = hf._ragged_prefill
+    monkeypatch.setattr(hf, "_ragged_prefill", lambda m, ps, d, room: calls.append(len(ps)) or real(m, ps, d, room))
+    kw = dict(temperature=0.9, max_new_tokens=10, generator=None)
+    ragged = tiny.generate(prompts, **{**kw, "generator": torch.Generator().manual_seed(5)})
+    assert calls == [3]
+    monkeypatch.setattr(hf, "_ragged_prefill", lambda m, ps, d, room: None)  # force the padded batch
+    padded = tiny.generate(prompts, **{**kw, "generator": torch.Generator().manual_seed(5)})
+    assert [g.response_ids for g in ragged] == [g.response_ids for g in padded]
+    for x, y in zip(ragged, padded, strict=True):
+        torch.testing.assert_close(torch.tensor(x.logprobs), torch.tensor(y.logprobs), atol=1e-5, rtol=0)
+        torch.testing.assert_close(torch.tensor(x.entropies), torch.tensor(y.entropies), atol=1e-5, rtol=0)
+    past, logits, attn, next_pos = hf._prefill(tiny.model, prompts, tiny.pad_id, "cpu")
+    assert logits.shape[0] == attn.shape[0] == 5 and attn.shape[1] == max(len(p) for p in prompts)
+    assert next_pos.squeeze(-1).tolist() == [len(p) for p in prompts] == attn.sum(-1).tolist()
+    torch.testing.assert_close(logits[0], logits[2], atol=0, rtol=0)
+
+
 def test_response_logprobs_matches_unpadded_reference_and_is_masked(tiny):
     prompts = _prompts(tiny, 3)
     responses = [[5, 6, 7], [8], [9, 10, 11, 12, 13]]

@@ -157,7 +157,8 @@ class Policy:
         stop: str | None = STOP_STRING,
         record: bool = True,
     ) -> list[Generation]:
-        """Sample one response per prompt, all prompts as one left-padded batch with a KV cache.
+        """Sample one response per prompt, decoding all prompts as one left-padded batch with a KV cache (prefill: see
+        :func:`_prefill`).
 
         Args:
             prompt_ids: B token lists (chat-templated prompts).
@@ -300,14 +301,77 @@ def _top_p(probs: Tensor, top_p: float) -> Tensor:
     return torch.zeros_like(probs).scatter(-1, order, sorted_p)
 
 
+def _prefill(
+    model: Any, prompt_ids: list[list[int]], pad_id: int, device, room: int = 0
+) -> tuple[Any, Tensor, Tensor, Tensor]:
+    """KV cache and next-token logits of the prompts, laid out as one left-padded batch for the decode loop.
+
+    Identical prompts (a GRPO group's first turn) are prefilled once and their cache rows copied. On CPU each distinct
+    prompt is prefilled alone (no padding: the causal attention kernel without a mask, no work on pad tokens) and the
+    caches are stacked left-padded into buffers with ``room`` free positions (decoding then writes in place), which is
+    faster there than one padded batch; elsewhere (GPU) one padded batch.
+
+    Returns:
+        (past, logits (B, V), attention_mask (B, P), next position ids (B, 1)).
+    """
+    uniq: dict[tuple[int, ...], int] = {}
+    row_of = [uniq.setdefault(tuple(p), len(uniq)) for p in prompt_ids]
+    prompts = [list(u) for u in uniq]
+    ragged = _ragged_prefill(model, prompts, device, room) if torch.device(device).type == "cpu" else None
+    if ragged is None:
+        ids, attn = _left_pad(prompts, pad_id, device)
+        pos = (attn.cumsum(-1) - 1).clamp_min(0)
+        out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1)
+        past, logits, next_pos = out.past_key_values, out.logits[:, -1], pos[:, -1:] + 1
+    else:
+        past, logits, attn = ragged
+        next_pos = attn.sum(-1, keepdim=True)
+    if len(prompts) < len(prompt_ids):
+        sel = torch.tensor(row_of, device=logits.device)
+        past.batch_select_indices(sel)
+        logits, attn, next_pos = logits[sel], attn[sel], next_pos[sel]
+    return past, logits, attn, next_pos
+
+
+def _ragged_prefill(model: Any, prompts: list[list[int]], device, room: int = 0) -> tuple[Any, Tensor, Tensor] | None:
+    """Prefill each prompt alone and stack the caches left-padded into buffers with ``room`` free positions for the
+    decode loop (:class:`empg.policy.kv_cache.BufferedLayer`); None when the model's cache is not a plain
+    :class:`transformers.DynamicCache` of full-attention layers (then the caller uses one padded batch)."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import Cache, DynamicLayer
+
+    from empg.policy.kv_cache import BufferedLayer
+
+    caches, logits = [], []
+    for p in prompts:
+        out = model(input_ids=torch.tensor([p], device=device), use_cache=True, logits_to_keep=1)
+        cache = out.past_key_values
+        if type(cache) is not DynamicCache or any(type(layer) is not DynamicLayer for layer in cache.layers):
+            return None
+        caches.append(cache)
+        logits.append(out.logits[:, -1])
+    lens = [len(p) for p in prompts]
+    P = max(lens)
+    attn = torch.zeros((len(prompts), P), dtype=torch.long, device=device)
+    for i, n in enumerate(lens):
+        attn[i, P - n :] = 1
+    layers = []
+    for layer_idx in range(len(caches[0].layers)):
+        bufs = []
+        for name in ("keys", "values"):
+            first = getattr(caches[0].layers[layer_idx], name)  # (1, heads, len, head_dim)
+            buf = first.new_zeros((len(prompts), first.shape[1], P + room, first.shape[3]))
+            for i, (cache, n) in enumerate(zip(caches, lens, strict=True)):
+                buf[i, :, P - n : P] = getattr(cache.layers[layer_idx], name)[0]
+            bufs.append(buf)
+        layers.append(BufferedLayer(*bufs, length=P))
+    return Cache(layers=layers), torch.cat(logits), attn
+
+
 def _sample_loop(policy, prompt_ids, temperature, top_p, max_new_tokens, greedy, generator, stop, record):
     model, tok = policy.model, policy.tokenizer
-    ids, attn = _left_pad(prompt_ids, policy.pad_id, policy.device)
-    B = ids.shape[0]
-    pos = (attn.cumsum(-1) - 1).clamp_min(0)
-    out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1)
-    past, logits = out.past_key_values, out.logits[:, -1]
-    next_pos = pos[:, -1:] + 1
+    past, logits, attn, next_pos = _prefill(model, prompt_ids, policy.pad_id, policy.device, room=max_new_tokens)
+    B = len(prompt_ids)
     eos = tok.eos_token_id
     rows = list(range(B))  # live row -> original index
     resp: list[list[int]] = [[] for _ in range(B)]
