@@ -322,7 +322,7 @@ def _prefill(
         ids, attn = _left_pad(prompts, pad_id, device)
         pos = (attn.cumsum(-1) - 1).clamp_min(0)
         out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1)
-        past, logits, next_pos = out.past_key_values, out.logits[:, -1], pos[:, -1:] + 1
+        past, logits, next_pos = _cache_of(out), out.logits[:, -1], pos[:, -1:] + 1
     else:
         past, logits, attn = ragged
         next_pos = attn.sum(-1, keepdim=True)
@@ -345,7 +345,7 @@ def _ragged_prefill(model: Any, prompts: list[list[int]], device, room: int = 0)
     caches, logits = [], []
     for p in prompts:
         out = model(input_ids=torch.tensor([p], device=device), use_cache=True, logits_to_keep=1)
-        cache = out.past_key_values
+        cache = _cache_of(out)
         if type(cache) is not DynamicCache or any(type(layer) is not DynamicLayer for layer in cache.layers):
             return None
         caches.append(cache)
@@ -366,6 +366,19 @@ def _ragged_prefill(model: Any, prompts: list[list[int]], device, room: int = 0)
             bufs.append(buf)
         layers.append(BufferedLayer(*bufs, length=P))
     return Cache(layers=layers), torch.cat(logits), attn
+
+
+def _cache_of(out: Any) -> Any:
+    """The KV cache of a model output: ``out.cache`` (transformers >= 5.2x) or ``out.past_key_values`` (older)."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
+def _cache_arg(model: Any) -> str:
+    """Name of the forward argument that takes the KV cache: ``cache`` in recent transformers, else the old name."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def _sample_loop(policy, prompt_ids, temperature, top_p, max_new_tokens, greedy, generator, stop, record):
@@ -401,9 +414,9 @@ def _sample_loop(policy, prompt_ids, temperature, top_p, max_new_tokens, greedy,
             tokens, attn, next_pos = tokens[sel], attn[sel], next_pos[sel]
             rows = [rows[j] for j in keep]
         attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
-        out = model(input_ids=tokens[:, None], attention_mask=attn, position_ids=next_pos, past_key_values=past,
-                    use_cache=True)  # fmt: skip
-        past, logits, next_pos = out.past_key_values, out.logits[:, -1], next_pos + 1
+        cache_kw = {_cache_arg(model): past}
+        out = model(input_ids=tokens[:, None], attention_mask=attn, position_ids=next_pos, use_cache=True, **cache_kw)
+        past, logits, next_pos = _cache_of(out), out.logits[:, -1], next_pos + 1
     return [
         Generation(
             response_ids=resp[i],
