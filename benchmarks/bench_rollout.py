@@ -4,6 +4,7 @@ Same model, same tasks (seeds), one run each; the sequential baseline runs the v
 (:func:`empg.rollout.collect_with_envs`) with one env at a time. Target: >= 5x with 16 envs on the tiny model.
 
     python benchmarks/bench_rollout.py                       # tiny-1m, household-v0, 16 envs
+    python benchmarks/bench_rollout.py --group-size 4               # 4 tasks x 4 copies, as the trainer rolls out
     python benchmarks/bench_rollout.py --model smollm2-135m --n-envs 4 --max-new-tokens 32
 """
 
@@ -47,17 +48,21 @@ def main() -> None:
     ap.add_argument("--n-envs", type=int, default=16)
     ap.add_argument("--max-turns", type=int, default=3)
     ap.add_argument("--max-new-tokens", type=int, default=48)
+    ap.add_argument("--group-size", type=int, default=1, help="copies per task (GRPO group); n_envs / group tasks")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--cache-dir", default=None)
     args = ap.parse_args()
 
     policy = Policy.from_spec(args.model, cache_dir=args.cache_dir, device=args.device)
-    seeds = split_seeds("train", args.n_envs)
+    if args.group_size < 1 or args.n_envs % args.group_size:
+        ap.error("--group-size must be >= 1 and divide --n-envs")
+    seeds = [s for s in split_seeds("train", args.n_envs // args.group_size) for _ in range(args.group_size)]
     run(policy, args.env, seeds[:2], args, batched=True)  # warm-up
     batched = run(policy, args.env, seeds, args, batched=True)
     sequential = run(policy, args.env, seeds, args, batched=False)
-    print(f"model={args.model} env={args.env} n_envs={args.n_envs} max_turns={args.max_turns} "
-          f"max_new_tokens={args.max_new_tokens} device={args.device} threads={torch.get_num_threads()}")  # fmt: skip
+    print(f"model={args.model} env={args.env} n_envs={args.n_envs} group_size={args.group_size} "
+          f"max_turns={args.max_turns} max_new_tokens={args.max_new_tokens} device={args.device} "
+          f"threads={torch.get_num_threads()}")  # fmt: skip
     for name, r in (("lock-step batched", batched), ("env by env", sequential)):
         print(f"{name:>18}: {r['tokens']:6d} tokens, {r['env_steps']:4d} env steps in {r['wall_s']:7.2f} s -> "
               f"{r['tokens_per_s']:8.1f} tokens/s, {r['steps_per_s']:6.2f} env-steps/s")  # fmt: skip
