@@ -448,25 +448,36 @@ def test_exploring_expert_always_succeeds_and_searches_longer_than_the_oracle(sp
     assert mean["explore"] > mean["oracle"] + 1.0
 
 
-def test_exploring_expert_does_not_use_hidden_locations():
-    """Two scenes that differ only in which closed, unvisited cabinet hides the apple get the same opening moves."""
+def _apple_hidden_in(hide: str):
+    """The test scene plus three closed cabinets, with apple 2 moved to ``hide`` and no apple on the countertop."""
     extra = tuple(Receptacle("cabinet", n, True, 5 + n) for n in (2, 3, 4))
     base = _scene(receptacles=_scene().receptacles + extra)
-    no_counter = tuple(o for o in base.objects if o.location != "countertop 1" or o.type != "apple")
-    plays = []
-    for hide in ("cabinet 2", "cabinet 4"):
-        objects = tuple(dataclasses.replace(o, location=hide) if o.name == "apple 2" else o for o in no_counter)
-        env = HouseholdEnv.from_scene(dataclasses.replace(base, objects=objects), expert="explore")
-        env.reset(seed=5)
-        actions = []
-        for _ in range(30):
-            actions.append(env.expert_action())
-            _, _, terminated, _, info = env.step(actions[-1])
-            assert info["valid"], actions
-            if terminated:
-                break
-        assert info["won"], actions
-        plays.append(actions)
+    objects = tuple(
+        dataclasses.replace(o, location=hide) if o.name == "apple 2" else o
+        for o in base.objects
+        if o.location != "countertop 1" or o.type != "apple"
+    )
+    return dataclasses.replace(base, objects=objects)
+
+
+def _expert_play(scene, expert: str, *, seed: int, max_turns: int = 40) -> list[str]:
+    """The expert's actions on ``scene`` until it wins (every action must be valid)."""
+    env = HouseholdEnv.from_scene(scene, expert=expert)
+    env.reset(seed=seed)
+    actions = []
+    for _ in range(max_turns):
+        actions.append(env.expert_action())
+        _, _, terminated, _, info = env.step(actions[-1])
+        assert info["valid"], actions
+        if terminated:
+            break
+    assert info["won"], actions
+    return actions
+
+
+def test_exploring_expert_does_not_use_hidden_locations():
+    """Two scenes that differ only in which closed, unvisited cabinet hides the apple get the same opening moves."""
+    plays = [_expert_play(_apple_hidden_in(hide), "explore", seed=5) for hide in ("cabinet 2", "cabinet 4")]
     first_a, first_b = (next(i for i, a in enumerate(p) if a.startswith("take apple")) for p in plays)
     common = min(first_a, first_b)
     assert plays[0][: common - 1] == plays[1][: common - 1], plays  # identical until one of them sees the apple
@@ -634,27 +645,8 @@ def test_dataclass_scene_round_trips_through_replace():
 
 def test_systematic_expert_searches_likely_receptacles_in_prior_order_whatever_the_seed():
     """`systematic` = `explore` with a fixed order: the goal object's likely types in PLACEMENT order (seed-free)."""
-    extra = tuple(Receptacle("cabinet", n, True, 5 + n) for n in (2, 3, 4))
-    base = _scene(receptacles=_scene().receptacles + extra)
-    objects = tuple(
-        dataclasses.replace(o, location="cabinet 4") if o.name == "apple 2" else o
-        for o in base.objects
-        if o.location != "countertop 1" or o.type != "apple"
-    )
-    scene = dataclasses.replace(base, objects=objects)
-    plays = []
-    for seed in (5, 6, 7):
-        env = HouseholdEnv.from_scene(scene, expert="systematic")
-        env.reset(seed=seed)
-        actions = []
-        for _ in range(40):
-            actions.append(env.expert_action())
-            _, _, terminated, _, info = env.step(actions[-1])
-            assert info["valid"], actions
-            if terminated:
-                break
-        assert info["won"], actions
-        plays.append(actions)
+    scene = _apple_hidden_in("cabinet 4")
+    plays = [_expert_play(scene, "systematic", seed=seed) for seed in (5, 6, 7)]
     assert plays[0] == plays[1] == plays[2]
     before = plays[0][: next(i for i, a in enumerate(plays[0]) if a.startswith("take apple"))]
     visited = [a[len("go to ") :] for a in before if a.startswith("go to")]
