@@ -421,8 +421,7 @@ class HouseholdEnv(TextEnv):
             return f"open {self._loc}"  # unchecked and here: it is closed
         if self.expert == "systematic":  # first in the prior order: likely types first, then by number
             rank = {t: i for i, t in enumerate(rtypes)}
-            candidates = sorted(candidates, key=lambda r: (rank[self._recs[r].type], self._recs[r].number))
-            self._target = candidates[0]
+            self._target = min(candidates, key=lambda r: (rank[self._recs[r].type], self._recs[r].number))
         elif self._target not in candidates:
             self._target = self._explore_rng.choice(candidates)
         return f"go to {self._target}"

@@ -352,9 +352,7 @@ def _ragged_prefill(model: Any, prompts: list[list[int]], device, room: int = 0)
         logits.append(out.logits[:, -1])
     lens = [len(p) for p in prompts]
     P = max(lens)
-    attn = torch.zeros((len(prompts), P), dtype=torch.long, device=device)
-    for i, n in enumerate(lens):
-        attn[i, P - n :] = 1
+    _, attn = _left_pad(prompts, 0, device)  # the same left-padded layout as the padded-batch path
     layers = []
     for layer_idx in range(len(caches[0].layers)):
         bufs = []
@@ -384,6 +382,7 @@ def _cache_arg(model: Any) -> str:
 def _sample_loop(policy, prompt_ids, temperature, top_p, max_new_tokens, greedy, generator, stop, record):
     model, tok = policy.model, policy.tokenizer
     past, logits, attn, next_pos = _prefill(model, prompt_ids, policy.pad_id, policy.device, room=max_new_tokens)
+    cache_arg = _cache_arg(model)  # once, not per token
     B = len(prompt_ids)
     eos = tok.eos_token_id
     rows = list(range(B))  # live row -> original index
@@ -414,8 +413,8 @@ def _sample_loop(policy, prompt_ids, temperature, top_p, max_new_tokens, greedy,
             tokens, attn, next_pos = tokens[sel], attn[sel], next_pos[sel]
             rows = [rows[j] for j in keep]
         attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
-        cache_kw = {_cache_arg(model): past}
-        out = model(input_ids=tokens[:, None], attention_mask=attn, position_ids=next_pos, use_cache=True, **cache_kw)
+        out = model(input_ids=tokens[:, None], attention_mask=attn, position_ids=next_pos, use_cache=True,
+                    **{cache_arg: past})  # fmt: skip
         past, logits, next_pos = _cache_of(out), out.logits[:, -1], next_pos + 1
     return [
         Generation(
