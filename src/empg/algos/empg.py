@@ -72,7 +72,8 @@ class EMPGStats:
         return out
 
 
-def _validate(advantages: Tensor, step_entropy: Tensor, traj_id: Tensor, step_idx: Tensor, final_norm: str) -> None:
+def _validate(advantages: Tensor, step_entropy: Tensor, traj_id: Tensor, step_idx: Tensor, final_norm: str) -> int:
+    """Raise ``ValueError`` naming the problem; return the largest ``step_idx``."""
     n = advantages.shape[0] if advantages.dim() == 1 else -1
     for name, t in (("advantages", advantages), ("step_entropy", step_entropy), ("traj_id", traj_id)):
         if t.dim() != 1 or t.shape[0] != n:
@@ -86,7 +87,8 @@ def _validate(advantages: Tensor, step_entropy: Tensor, traj_id: Tensor, step_id
         raise ValueError("empg_transform needs at least one step; got an empty batch")
     if traj_id.is_floating_point() or step_idx.is_floating_point():
         raise ValueError("traj_id and step_idx must be integer tensors (torch.long)")
-    if bool((step_idx < 0).any()):
+    step_min, step_max = (int(x) for x in torch.aminmax(step_idx))
+    if step_min < 0:
         raise ValueError("step_idx must be >= 0 (0-based turn index inside the trajectory)")
     for name, t in (("advantages", advantages), ("step_entropy", step_entropy)):
         # one reduction on the fast path; the sum of finite float32 values cannot overflow float64
@@ -94,6 +96,7 @@ def _validate(advantages: Tensor, step_entropy: Tensor, traj_id: Tensor, step_id
             raise ValueError(f"{name} contains NaN or inf; mask padding before computing step entropies")
     if final_norm not in FINAL_NORMS:
         raise ValueError(f"final_norm={final_norm!r} is not one of {FINAL_NORMS}")
+    return step_max
 
 
 @dataclass
@@ -103,7 +106,8 @@ class _StepIndex:
     Attributes:
         adv: (U,) float64 advantage per unique step.
         ent: (U,) float64 entropy per unique step.
-        nxt: (U,) index of the next step (same trajectory, step + 1) among the unique steps, U if none.
+        nxt: (U,) 1 + the index of the next step (same trajectory, step + 1) among the unique steps, 0 if none
+            (so a gather from a table with a leading 0 gives "0 where there is no next step").
         traj: (U,) non-negative integer trajectory label (dense enough for ``bincount``).
         inv: (S,) row → unique step, or None when every row is unique (identity).
     """
@@ -115,33 +119,37 @@ class _StepIndex:
     inv: Tensor | None
 
 
-def _traj_labels(traj_id: Tensor) -> Tensor:
-    """Non-negative trajectory labels: the ids themselves when already small and >= 0, else their rank."""
-    lo, hi = torch.aminmax(traj_id)
-    if int(lo) >= 0 and int(hi) <= 4 * traj_id.shape[0] + 1024:
-        return traj_id.to(torch.int64)
-    return torch.unique(traj_id, return_inverse=True)[1].to(torch.int64)
+def _traj_labels(traj_id: Tensor) -> tuple[Tensor, int]:
+    """Non-negative trajectory labels and their maximum: the ids themselves when already small and >= 0, else
+    their rank."""
+    lo, hi = (int(x) for x in torch.aminmax(traj_id))
+    if lo >= 0 and hi <= 4 * traj_id.shape[0] + 1024:
+        return traj_id.to(torch.int64), hi
+    labels = torch.unique(traj_id, return_inverse=True)[1].to(torch.int64)
+    return labels, int(labels.max())
 
 
-def _index_steps(adv: Tensor, ent: Tensor, traj_id: Tensor, step_idx: Tensor) -> _StepIndex:
+def _index_steps(adv: Tensor, ent: Tensor, traj_id: Tensor, step_idx: Tensor, max_step: int) -> _StepIndex:
     """Link each step to its next step, de-duplicating identical duplicate rows.
 
     Each row gets the key ``traj * M + step`` with ``M = max_step + 2``, so ``key + 1`` is the next step of the same
     trajectory and never wraps into the next trajectory. Fast path (no duplicates, key range <= 8 S): a dense
-    key → row table, O(S) with no sort (duplicates are detected by counting the filled slots). Otherwise one sort of
-    the keys; duplicates must be exact copies.
+    key → (row + 1) table, O(S) with no sort. Every row writes its own number 1..S into its key's slot; the slots'
+    sum is S (S + 1) / 2 exactly when no row was overwritten, i.e. when there are no duplicate keys. Otherwise one
+    sort of the keys; duplicates must be exact copies.
     """
-    traj = _traj_labels(traj_id)
-    m = int(step_idx.max()) + 2
-    key = traj * m + step_idx.to(torch.int64)  # (S,)
+    traj, traj_max = _traj_labels(traj_id)
+    m = max_step + 2
+    key = torch.add(step_idx.to(torch.int64), traj, alpha=m)  # (S,) traj * m + step
     n = key.shape[0]
-    r = (int(traj.max()) + 1) * m
+    r = (traj_max + 1) * m
     if r <= 8 * n + 1024:
-        rows = torch.arange(n, device=key.device)
-        table = torch.full((r + 1,), n, dtype=torch.int64, device=key.device)
-        table.index_copy_(0, key, rows)
-        if int((table < n).sum()) == n:  # every row owns its slot: no duplicate keys
-            nxt = table.index_select(0, key + 1)  # key + 1 <= r: the extra last slot stays n (no next step)
+        # int32 row numbers halve the table's cache footprint (random access dominates large shuffled batches)
+        rdt = torch.int32 if n < 2**31 - 1 else torch.int64
+        table = torch.zeros(r + 1, dtype=rdt, device=key.device)  # slot r stays 0: the last key's next
+        table.index_copy_(0, key, torch.arange(1, n + 1, dtype=rdt, device=key.device))
+        if int(table.sum()) == n * (n + 1) // 2:  # every row owns its slot: no duplicate keys
+            nxt = table[1:].index_select(0, key)  # table[key + 1]
             return _StepIndex(adv, ent, nxt, traj, None)
     ks, order = torch.sort(key)
     new = torch.ones_like(ks, dtype=torch.bool)
@@ -162,9 +170,9 @@ def _index_steps(adv: Tensor, ent: Tensor, traj_id: Tensor, step_idx: Tensor) ->
                 "duplicates must be exact copies — fix the batch packing"
             )
         out.append(xu)
-    nxt = torch.full_like(uk, uk.shape[0])
+    nxt = torch.zeros_like(uk)
     linked = uk[1:] == uk[:-1] + 1  # sorted unique keys: the next step, if any, is adjacent
-    nxt[:-1] = torch.where(linked, torch.arange(1, uk.shape[0], device=uk.device), uk.shape[0])
+    nxt[:-1] = torch.where(linked, torch.arange(2, uk.shape[0] + 1, device=uk.device), 0)
     return _StepIndex(out[0], out[1], nxt, uk // m, inv)
 
 
@@ -200,23 +208,28 @@ def empg_transform_with_stats(
     Returns:
         (a_final (S,), stats). a_final has the dtype of ``advantages``; rows that are duplicates get equal values.
     """
-    _validate(advantages, step_entropy, traj_id, step_idx, final_norm)
+    max_step = _validate(advantages, step_entropy, traj_id, step_idx, final_norm)
     out_dtype = advantages.dtype if advantages.is_floating_point() else torch.float32
-    idx = _index_steps(advantages.to(torch.float64), step_entropy.to(torch.float64), traj_id, step_idx)
+    f64 = torch.float64
+    idx = _index_steps(advantages.to(f64), step_entropy.to(f64), traj_id, step_idx, max_step)
     a, h = idx.adv, idx.ent  # (U,)
 
     h_min, h_max = torch.aminmax(h)
-    h_norm = (h - h_min) / (h_max - h_min + eps)  # (U,)
+    h_norm = (h - h_min).div_(h_max - h_min + eps)  # (U,)
+    # exp(-k' h) lives in a buffer with a leading 0, so gathering at idx.nxt (0 = no next step) gives f directly
+    e_pad = h_norm.new_empty(h_norm.shape[0] + 1)
+    e_pad[0] = 0.0
+    e_next = torch.mul(h_norm, -k_next, out=e_pad[1:]).exp_()
     if use_scaling:
-        w = torch.exp(-k * h_norm)
+        w = e_next if k_next == k else torch.exp(-k * h_norm)
         g = w / (w.mean() + eps)
     else:
         g = torch.ones_like(h_norm)
-    has_next = idx.nxt < h.shape[0]  # (U,)
-    # f = exp(-k' h_next) where a next step exists, else 0: gather from exp(-k' h) with a trailing 0 at index U
-    e_next = w if use_scaling and k_next == k else torch.exp(-k_next * h_norm)
-    f = torch.cat([e_next, e_next.new_zeros(1)]).index_select(0, idx.nxt)
-    a_mod = g * a + (zeta if use_bonus else 0.0) * f
+    has_next = idx.nxt > 0  # (U,)
+    f = e_pad.index_select(0, idx.nxt)
+    a_mod = g * a
+    if use_bonus:
+        a_mod.add_(f, alpha=zeta)
     a_final = _final_norm(a_mod, idx.traj, final_norm, eps)
 
     def rows(x: Tensor) -> Tensor:
