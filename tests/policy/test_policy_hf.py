@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from empg.policy import Policy, response_logprobs
-from empg.policy.hf import _pick, _top_p
+from empg.policy.hf import _pick, _sample, _top_p
 from empg.rollout.prompts import build_messages, expert_response
 from empg.train.batch import pack
 
@@ -99,6 +99,27 @@ def test_top_p_golden():
     assert torch.equal(_top_p(probs, 0.6), torch.tensor([[0.0, 0.5, 0.3]]))
     assert torch.equal(_top_p(probs, 0.5), torch.tensor([[0.0, 0.5, 0.0]]))  # 0.5 already reaches 0.5
     assert torch.equal(_top_p(probs, 1.0), probs)
+
+
+def test_sample_matches_the_distribution_and_skips_zero_weights():
+    """Inverse-CDF sampling: 40,000 draws of (0.1, 0, 0.6, 0.3) (unnormalised x2) land within 4 standard errors of
+    each probability; the zero-weight token is never drawn; rows are independent (row 2 always its only token)."""
+    w = torch.tensor([0.2, 0.0, 1.2, 0.6])
+    rows = torch.stack([w] * 40_000 + [torch.tensor([0.0, 0.0, 0.0, 5.0])])
+    tok = _sample(rows, torch.Generator().manual_seed(0))
+    freq = torch.bincount(tok[:-1], minlength=4).double() / 40_000
+    p = torch.tensor([0.1, 0.0, 0.6, 0.3], dtype=torch.float64)
+    assert freq[1] == 0 and tok[-1] == 3
+    assert bool(((freq - p).abs() <= 4 * (p * (1 - p) / 40_000).sqrt() + 1e-12).all()), freq
+
+
+def test_sample_edges_of_u(monkeypatch):
+    """u = 0 picks the first positive-weight token; u just below 1 the last positive one (never past it, never a
+    trailing zero-weight token), also when u * total rounds up to the total."""
+    w = torch.tensor([[0.0, 0.3, 0.0, 0.7, 0.0]])
+    for u, want in ((0.0, 1), (1.0 - 2**-53, 3), (1.0, 3)):  # 1.0: the rounding case, forced
+        monkeypatch.setattr(torch, "rand", lambda *a, u=u, **k: torch.full((1, 1), u, dtype=torch.float64))
+        assert _sample(w, None).tolist() == [want]
 
 
 @settings(max_examples=30, deadline=None)
