@@ -90,19 +90,28 @@ def rollout(group_offset: int, n_groups: int) -> tuple[list, list]:
     return renumber_shard(steps, trajs, group_offset, GROUP_SIZE)
 
 
-def one_update(steps, trajs, info: DistInfo) -> dict:
+def one_update(steps, trajs, info: DistInfo, sharding: str = "ddp") -> dict:
+    from empg.train import fsdp
     from empg.train.batch import StepBatch
 
     cfg, model = config(), tiny_model()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr)
     run = rl.Run(cfg, None, SimpleNamespace(model=model), opt, None, 0, [])
+    if sharding == "fsdp":
+        fsdp.shard_for_training(run, info)
     batch = StepBatch.from_records(steps, pad_id=0)
     rl.score_phase(run, batch, 0)
     adv, adv_metrics = global_step_advantages(cfg, batch, steps, trajs, 0, info)
     batch.advantages = rl._broadcast(adv, batch.response_mask)
-    metrics = ddp_update_phase(run, batch, None, 0, info)
+    out = {}
+    if sharding == "fsdp":  # rank 0 has 2 groups, rank 1 one: unequal micro-batch counts, padded to lock-step
+        metrics = rl.update_phase(run, batch, None, 0, fsdp.fsdp_reducer(info))
+        fsdp.sync_rollout_weights(run)  # the unsharded copy (model) now holds the trained weights
+        out["resharded_state_equal"] = _reshard_round_trip(run, info)
+    else:
+        metrics = ddp_update_phase(run, batch, None, 0, info)
     keys = [(s.traj_id, s.step_idx) for s in steps]
-    return {
+    return out | {
         "adv": dict(zip(keys, adv.tolist(), strict=True)),
         "metrics": metrics,
         "adv_metrics": adv_metrics,
@@ -110,20 +119,47 @@ def one_update(steps, trajs, info: DistInfo) -> dict:
     }
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str, overrides: list[str]) -> None:
+def _reshard_round_trip(run, info: DistInfo) -> bool:
+    """Save the sharded AdamW state as a checkpoint (rank 0), restore it into a plain AdamW on every rank (as a
+    resume does), shard again: the gathered state must equal the saved one, tensor for tensor."""
+    from empg.train import checkpoint as ckpt
+    from empg.train import fsdp
+
+    saved = fsdp.full_optimizer(run).state_dict()
+    root = os.environ["EMPG_TEST_DIR"]
+    if info.is_main:
+        no_model = SimpleNamespace(save=lambda path: path.mkdir())
+        ckpt.save_checkpoint(root, 1, no_model, SimpleNamespace(state_dict=lambda: saved))
+    torch.distributed.barrier()
+    model = tiny_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1.0)
+    ckpt.restore_checkpoint(ckpt.latest_checkpoint(root), opt)
+    again = rl.Run(run.cfg, None, SimpleNamespace(model=model), opt, None, 0, [])
+    fsdp.shard_for_training(again, info)
+    back = fsdp.full_optimizer(again).state_dict()
+    if not info.is_main:
+        return True
+    assert back["param_groups"][0]["lr"] == saved["param_groups"][0]["lr"] == run.cfg.optim.lr
+    return saved["state"].keys() == back["state"].keys() and all(
+        torch.equal(saved["state"][i][k], back["state"][i][k]) for i in saved["state"] for k in saved["state"][i]
+    )
+
+
+def _worker(rank: int, world: int, port: int, out_dir: str, overrides: list[str], sharding: str) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ["EMPG_TEST_DIR"] = os.path.join(out_dir, "reshard")
     torch.set_num_threads(1)
     info = init_distributed("gloo")
     try:
         # A. one update on a fixed batch, sharded by groups
         lo, hi = shard_range(N_GROUPS, info)
         steps, trajs = rollout(lo, hi - lo)
-        result = one_update(steps, trajs, info)
+        result = one_update(steps, trajs, info, sharding)
         result["gathered"] = gather_cat(torch.arange(hi - lo) + 10 * rank, info)
         # B. the whole loop (rollout, scoring, advantages, update, eval, log, checkpoint) on the tiny model
         from empg.train.config import load_config
 
-        result["history"] = train_distributed(load_config(None, overrides), info=info)
+        result["history"] = train_distributed(load_config(None, [*overrides, f"optim.sharding={sharding}"]), info=info)
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         torch.distributed.destroy_process_group()
@@ -149,12 +185,13 @@ def test_renumber_shard_gives_global_ids():
     assert {s.traj_id for s in steps} == {4, 5}
 
 
-def test_two_gloo_processes_match_one_process(tmp_path, tiny_model_dir, fast):
+@pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
+def test_two_gloo_processes_match_one_process(tmp_path, tiny_model_dir, fast, sharding):
     steps, trajs = rollout(0, N_GROUPS)
     single = one_update(steps, trajs, DistInfo())
     run_dir = tmp_path / "run"
     overrides = fast(run_dir, tiny_model_dir, "algo.base=grpo", "algo.empg=true", "rollout.n_tasks=3")
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), overrides), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), overrides, sharding), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
     # rank 0 holds groups 0-1, rank 1 group 2 (uneven shards); gathered in rank order
@@ -166,7 +203,11 @@ def test_two_gloo_processes_match_one_process(tmp_path, tiny_model_dir, fast):
         assert merged[key] == pytest.approx(value, abs=1e-5)
     assert ranks[0]["adv_metrics"]["empg/g_mean"] == pytest.approx(1.0, abs=1e-6)
     # the loss summed over ranks and the parameters after the update equal the single process, on both ranks
-    for key in ("loss/pg", "loss/entropy", "loss/total"):
+    if sharding == "fsdp":  # sharded AdamW state -> checkpoint -> plain AdamW -> sharded again: nothing lost
+        assert all(r["resharded_state_equal"] for r in ranks)
+    # and so does the gradient norm (AdamW's step is blind to a gradient scale, so the parameters alone would not
+    # show gradients averaged instead of summed over ranks)
+    for key in ("loss/pg", "loss/entropy", "loss/total", "actor/grad_norm"):
         for r in ranks:
             assert r["metrics"][key] == pytest.approx(single["metrics"][key], abs=1e-5), key
     before = tiny_model().state_dict()
@@ -188,6 +229,15 @@ def test_two_gloo_processes_match_one_process(tmp_path, tiny_model_dir, fast):
         r["empg/g_mean"] == pytest.approx(1.0, abs=1e-5) and "loss/pg" in r for r in trained
     )
     assert latest_checkpoint(run_dir).name.endswith("2")
+    # the optimizer state is saved whole, in the single-process layout, whatever the sharding
+    from safetensors.torch import load_file
+
+    from empg.policy import Policy
+
+    saved = load_file(str(latest_checkpoint(run_dir) / "optimizer.safetensors"))
+    params = [p for p in Policy.load(latest_checkpoint(run_dir)).model.parameters() if p.requires_grad]
+    for i, p in enumerate(params):
+        assert saved[f"state/{i}/exp_avg"].shape == p.shape and saved[f"state/{i}/exp_avg"].abs().sum() > 0
 
 
 @pytest.mark.parametrize(("section", "name", "value"), [("rollout", "env_workers", 2), ("model", "backend", "vllm")])

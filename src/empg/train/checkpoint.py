@@ -100,7 +100,7 @@ def save_checkpoint(
     run_dir: str | Path,
     iteration: int,
     policy: Any,
-    optimizer: torch.optim.Optimizer | None,
+    optimizer: Any,
     *,
     extra: dict | None = None,
     keep: int = 0,
@@ -111,7 +111,8 @@ def save_checkpoint(
         run_dir: the run directory.
         iteration: iterations completed so far (resume starts at this iteration index).
         policy: object with ``save(path)`` (an :class:`empg.policy.Policy`).
-        optimizer: its state goes to ``optimizer.safetensors`` (None: no file).
+        optimizer: anything with ``state_dict()`` in ``torch.optim`` layout (an optimizer, or the gathered FSDP state
+            of :func:`empg.train.fsdp.full_optimizer`); it goes to ``optimizer.safetensors`` (None: no file).
         extra: JSON-serialisable data stored in ``state.json`` under ``extra``.
         keep: keep only the newest ``keep`` checkpoints (0 = keep all).
 

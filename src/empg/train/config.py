@@ -160,6 +160,13 @@ class OptimConfig:
     grad_clip: float = _f(1.0, "Global gradient-norm clip (0 = off).")
     micro_batch_size: int = _f(16, "Step rows per forward/backward; gradients accumulate over the whole batch.")
     mini_batches: int = _f(1, "Optimizer steps per PPO epoch (the batch is split into this many mini-batches).")
+    sharding: str = _f(
+        "ddp",
+        "Multi-process training only (torchrun / accelerate launch): ddp = each process holds the whole model and "
+        "optimizer, gradients are all-reduced; fsdp = parameters, gradients and AdamW state are sharded over the "
+        "processes (torch FSDP2, one shard unit per decoder layer), plus an unsharded copy per process that "
+        "generates and scores, refreshed after every update. Ignored in a single process.",
+    )
 
 
 @dataclass
@@ -213,6 +220,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.backend": ("hf", "vllm"),
     "sft.schedule": ("constant", "cosine"),
+    "optim.sharding": ("ddp", "fsdp"),
 }
 
 

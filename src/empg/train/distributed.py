@@ -22,8 +22,8 @@ Exactness: with ``optim.mini_batches = 1`` the N-process update equals the singl
 (to float rounding; tested with 2 gloo processes to 1e-5). With more mini-batches each rank splits its own shard, so
 mini-batches are drawn per shard (still a valid PPO update, not the same partition as one process).
 
-FSDP (sharded parameters for models that do not fit one device) is not implemented here: wrap the model with
-``accelerate``'s FSDP plugin and drop :func:`sync_gradients`, which FSDP does itself.
+``optim.sharding=fsdp`` shards parameters, gradients and optimizer state instead (:mod:`empg.train.fsdp`); the
+steps above are the same, the update uses FSDP's own gradient reduction and an unsharded copy generates and scores.
 """
 
 from __future__ import annotations
@@ -398,6 +398,11 @@ def train_distributed(cfg: Any, *, resume: bool = False, console: Any = None, in
     if run is None:
         run = _setup_worker_run(cfg, info, resume)
     broadcast_parameters(run.policy.model, info)
+    fsdp = cfg.optim.sharding == "fsdp"
+    if fsdp:
+        from empg.train import fsdp as fs
+
+        fs.shard_for_training(run, info)
     if info.is_main and run.start == 0 and cfg.eval.at_start and cfg.eval.every > 0 and cfg.iterations > 0:
         rl._log(run, 0, rl._sft_eval_metrics(run) or rl.evaluate_phase(run, 0))
     for it in range(run.start, cfg.iterations):
@@ -416,18 +421,24 @@ def train_distributed(cfg: Any, *, resume: bool = False, console: Any = None, in
             if steps:
                 batch.advantages = rl._broadcast(adv, batch.response_mask)
             t0 = time.perf_counter()
-            metrics.update(ddp_update_phase(run, batch, ref_logp, it, info))
+            if fsdp:
+                metrics.update(rl.update_phase(run, batch, ref_logp, it, fs.fsdp_reducer(info)))
+                fs.sync_rollout_weights(run)  # the unsharded copy generates and scores the next iteration
+            else:
+                metrics.update(ddp_update_phase(run, batch, ref_logp, it, info))
             metrics["time/update"] = time.perf_counter() - t0
         else:
             metrics["update/skipped"] = 1.0  # DAPO kept no informative group on any rank
         last = it + 1 == cfg.iterations
+        save = (it + 1) % cfg.log.checkpoint_every == 0 or last
+        optimizer = fs.full_optimizer(run) if fsdp and save else run.optimizer  # a collective under FSDP
         if info.is_main:
             if cfg.eval.every > 0 and ((it + 1) % cfg.eval.every == 0 or last):
                 metrics.update(rl.evaluate_phase(run, it + 1))
             metrics["time/total"] = time.perf_counter() - t_start
             rl._log(run, it + 1, metrics)
-            if (it + 1) % cfg.log.checkpoint_every == 0 or last:
-                ckpt.save_checkpoint(run.run_dir, it + 1, run.policy, run.optimizer, keep=cfg.log.keep_checkpoints)
+            if save:
+                ckpt.save_checkpoint(run.run_dir, it + 1, run.policy, optimizer, keep=cfg.log.keep_checkpoints)
         barrier(info)
     check_in_sync(run.policy.model, info, atol=1e-4)
     if info.is_main:

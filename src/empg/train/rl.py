@@ -62,6 +62,12 @@ class Run:
     history: list[dict] = field(default_factory=list)
     rollout_policy: Any = None  # the vLLM engine that generates (model.backend=vllm); None: ``policy`` generates
     env_pool: Any = None  # the Ray env workers (rollout.env_workers > 0); None: envs are built in this process
+    train_model: Any = None  # the FSDP-sharded copy the update trains (optim.sharding=fsdp); None: ``policy.model``
+
+    @property
+    def trained_model(self) -> Any:
+        """The module :func:`update_phase` computes gradients of (``policy.model`` unless sharded by FSDP)."""
+        return self.train_model if self.train_model is not None else self.policy.model
 
     @property
     def generating_policy(self) -> Any:
@@ -511,6 +517,10 @@ class Reducer:
     sum: Callable[[float], float] = float  # Σ of a float over processes (loss denominators, loss metrics)
     min: Callable[[int], int] = int  # min of an int over processes (so every process takes the same optimizer steps)
     grads: Callable[[list[torch.nn.Parameter]], None] = lambda params: None  # Σ gradients over processes, in place
+    max: Callable[[int], int] = int  # max of an int over processes
+    # FSDP: every forward/backward is a collective, so every process runs as many micro-batches as the busiest one
+    # (padding with zero-loss passes); DDP's single gradient all-reduce per optimizer step does not need it
+    lockstep: bool = False
 
 
 LOCAL = Reducer()
@@ -524,7 +534,8 @@ def update_phase(run: Run, batch: Any, ref_logp: torch.Tensor | None, it: int, r
     process with no rows still joins the collectives); loss metrics (``loss/*``) are then summed over processes.
     """
     cfg, opt = run.cfg, run.optimizer
-    params = [p for p in run.policy.model.parameters() if p.requires_grad]
+    model = run.trained_model
+    params = [p for p in model.parameters() if p.requires_grad]
     gen = generator_for(cfg.seed, it, "shuffle")
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
@@ -540,12 +551,17 @@ def update_phase(run: Run, batch: Any, ref_logp: torch.Tensor | None, it: int, r
         for mini_idx in torch.tensor_split(perm, n_mini):
             denom = reduce.sum(_denominator(cfg, batch.response_mask[mini_idx]))
             opt.zero_grad(set_to_none=True)
-            for micro_idx in torch.split(mini_idx, cfg.optim.micro_batch_size):
-                if micro_idx.numel() > 0:  # empty only on a process whose shard is empty
-                    _micro_backward(run, batch, micro_idx, ref_logp, denom, it, add)
+            micros = [m for m in torch.split(mini_idx, cfg.optim.micro_batch_size) if m.numel() > 0]
+            passes = reduce.max(len(micros)) if reduce.lockstep else len(micros)  # agreed before any pass
+            for i in range(passes):  # no micro-batch only on a process whose shard is empty
+                if i < len(micros):
+                    _micro_backward(run, batch, micros[i], ref_logp, denom, it, add)
+                else:
+                    _idle_backward(model)
             reduce.grads(params)  # Σ over processes of Σ_local / global denominator = the full-batch gradient
             clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
             grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+            grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP: DTensor
             check_finite("gradient norm", grad_norm, it)
             add("actor/grad_norm", grad_norm)
             opt.step()
@@ -566,7 +582,7 @@ def _micro_backward(run: Run, batch: Any, idx: torch.Tensor, ref_logp: Any, deno
     cfg = run.cfg
     micro = batch.select(idx)
     need_ent = cfg.algo.entropy_coef > 0
-    logp, ent = response_logprobs(run.policy.model, micro, temperature=cfg.rollout.temperature, with_entropy=need_ent)
+    logp, ent = response_logprobs(run.trained_model, micro, temperature=cfg.rollout.temperature, with_entropy=need_ent)
     mask = micro.response_mask
     pg, m = policy_loss(
         logp,
@@ -595,6 +611,12 @@ def _micro_backward(run: Run, batch: Any, idx: torch.Tensor, ref_logp: Any, deno
     for key, value in m.items():
         if key != "actor/pg_loss":  # a micro-batch's partial sum; loss/pg is the mini-batch loss
             add(key, value)
+
+
+def _idle_backward(model: Any) -> None:
+    """A forward/backward of one token with zero loss: joins FSDP's per-pass collectives, adds nothing to grads."""
+    ids = torch.zeros((1, 1), dtype=torch.long, device=next(model.parameters()).device)
+    (model(input_ids=ids).logits.sum() * 0.0).backward()
 
 
 def _denominator(cfg: TrainConfig, mask: torch.Tensor) -> float:
