@@ -134,8 +134,8 @@ def _index_steps(adv: Tensor, ent: Tensor, traj_id: Tensor, step_idx: Tensor, ma
 
     Each row gets the key ``traj * M + step`` with ``M = max_step + 2``, so ``key + 1`` is the next step of the same
     trajectory and never wraps into the next trajectory. Fast path (no duplicates, key range <= 8 S): a dense
-    key → (row + 1) table, O(S) with no sort. Every row writes its own number 1..S into its key's slot; the slots'
-    sum is S (S + 1) / 2 exactly when no row was overwritten, i.e. when there are no duplicate keys. Otherwise one
+    key → (row + 1) table, O(S) with no sort. Every row writes its own non-zero number 1..S into its key's slot; S
+    slots are non-zero exactly when no row was overwritten, i.e. when there are no duplicate keys. Otherwise one
     sort of the keys; duplicates must be exact copies.
     """
     traj, traj_max = _traj_labels(traj_id)
@@ -148,7 +148,7 @@ def _index_steps(adv: Tensor, ent: Tensor, traj_id: Tensor, step_idx: Tensor, ma
         rdt = torch.int32 if n < 2**31 - 1 else torch.int64
         table = torch.zeros(r + 1, dtype=rdt, device=key.device)  # slot r stays 0: the last key's next
         table.index_copy_(0, key, torch.arange(1, n + 1, dtype=rdt, device=key.device))
-        if int(table.sum()) == n * (n + 1) // 2:  # every row owns its slot: no duplicate keys
+        if int(torch.count_nonzero(table)) == n:  # every row owns its slot: no duplicate keys
             nxt = table[1:].index_select(0, key)  # table[key + 1]
             return _StepIndex(adv, ent, nxt, traj, None)
     ks, order = torch.sort(key)
