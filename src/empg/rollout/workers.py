@@ -338,10 +338,12 @@ class RayEnvPool(Sequence):
             "env worker %d lost (%s): the episode of that env is marked failed; Ray restarts it", worker, why
         )
 
-    def kill_worker(self, worker: int, *, wait: bool = True, timeout: float = 60.0) -> None:
+    def kill_worker(self, worker: int, *, wait: bool = True, timeout: float = 180.0) -> None:
         """Kill one worker process, as a crash would (Ray restarts it): for tests and chaos drills.
 
         With ``wait`` the call returns once the restarted process answers, so the outcome of later calls is fixed.
+        A restart imports torch and transformers afresh: ~10 s on an idle 2-core machine, over 60 s when four busy
+        processes share it (seen in this project's test runs), hence the generous default ``timeout``.
         """
         ray = _ray()
         actor = self.workers[worker]
