@@ -265,6 +265,7 @@ def reducer(info: DistInfo) -> Any:
     return rl.Reducer(
         sum=lambda value: all_reduce_sum(value, info),
         min=lambda value: all_reduce_min(value, info),
+        max=lambda value: -all_reduce_min(-int(value), info),
         grads=lambda params: sync_gradients(params, info),
     )
 

@@ -17,6 +17,7 @@ write it in the single-process format, so a run can resume with either sharding,
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any
 
 import torch
@@ -76,16 +77,12 @@ def full_optimizer(run: Any) -> Any:
 
 
 def fsdp_reducer(info: Any) -> Any:
-    """:class:`empg.train.rl.Reducer` for FSDP: scalar all-reduces, no gradient all-reduce, lock-step micro-batches."""
+    """DDP's :func:`empg.train.distributed.reducer` without its gradient all-reduce (FSDP reduces gradients itself)
+    and with lock-step micro-batches."""
     from empg.train import distributed as d
     from empg.train import rl
 
-    return rl.Reducer(
-        sum=lambda value: d.all_reduce_sum(value, info),
-        min=lambda value: d.all_reduce_min(value, info),
-        max=lambda value: -d.all_reduce_min(-int(value), info),
-        lockstep=True,
-    )
+    return dataclasses.replace(d.reducer(info), grads=rl.LOCAL.grads, lockstep=True)
 
 
 # ----------------------------------------------------------------------------- helpers
