@@ -126,6 +126,24 @@ def test_duplicates_dedupe_and_conflict():
                        torch.cat([step, L([1])]))  # fmt: skip
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("where", ["advantages", "step_entropy"])
+@pytest.mark.parametrize("final_norm", ["mean", "mean_std", "none", "traj_mean"])
+@pytest.mark.parametrize("opts", [{}, {"use_scaling": False}, {"use_bonus": False}, {"k": 3.0}])
+@pytest.mark.parametrize("dup", [False, True])
+def test_non_finite_input_is_named(bad, where, final_norm, opts, dup):
+    # the transform finds a NaN/inf through the sum of A_mod (no separate pass), then names the input: every
+    # option combination must still let it reach the sum; with duplicated rows (the sort path) it must not be
+    # mistaken for disagreeing duplicates (NaN != NaN)
+    adv, ent, traj, step = T([1.0, 2.0, -1.0, 0.5]), T([0.1, 0.2, 0.7, 0.3]), L([0, 0, 1, 1]), L([0, 1, 0, 1])
+    (adv if where == "advantages" else ent)[2] = bad
+    rows = [0, 1, 2, 3, 2] if dup else [0, 1, 2, 3]
+    with pytest.raises(ValueError, match=f"{where} contains NaN or inf"):
+        empg_transform(adv[rows], ent[rows], traj[rows], step[rows], final_norm=final_norm, **opts)
+    with pytest.raises(ValueError, match=f"{where} contains NaN or inf"):
+        empg_transform_with_stats(adv[rows], ent[rows], traj[rows], step[rows], final_norm=final_norm, **opts)
+
+
 def test_bad_inputs():
     ok = (T([1.0, 2.0]), T([0.1, 0.2]), L([0, 0]), L([0, 1]))
     with pytest.raises(ValueError, match="NaN"):
