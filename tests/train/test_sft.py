@@ -128,3 +128,97 @@ def test_lr_schedule_factors():
     assert lr_factor(0, 1, "cosine") == 1.0  # a single step is not decayed to 0
     with pytest.raises(ValueError, match="schedule"):
         lr_factor(3, 5, "linear")
+
+
+def _scripted_records(seed, max_turns, detour_every=3):
+    """StepRecords of an episode that takes a random admissible detour every few steps (else the expert's action),
+    with one unparsable response sent as raw text, as the rollout would; returns (records, expert labels computed
+    by an independent replay)."""
+    import random
+
+    from empg.rollout.types import StepRecord
+
+    rng = random.Random(seed)
+    env = make("household-v0", "train", max_turns=max_turns)
+    obs, info = env.reset(seed=seed)
+    records, labels, done, t = [], [], False, 0
+    while not done:
+        expert = env.expert_action()
+        labels.append(expert)
+        if t == 1:
+            action, text = None, "I am not sure what to do"  # unparsable: the env gets the raw text
+        elif t % detour_every == 2:
+            action = rng.choice([a for a in info["admissible_actions"] if a != expert] or [expert])
+            text = f"<action>{action}</action>"
+        else:
+            action, text = expert, f"<action>{expert}</action>"
+        obs, reward, term, trunc, info = env.step(action if action is not None else text)
+        done = term or trunc
+        records.append(
+            StepRecord(
+                group_id=0,
+                traj_id=seed,
+                step_idx=t,
+                is_last=done,
+                env_id="household-v0",
+                seed=seed,
+                task_type=info.get("task_type", "x"),
+                prompt_ids=[seed, t],
+                response_ids=[1],
+                response_text=text,
+                action=action,
+                valid=action is not None and bool(info.get("valid", True)),
+                parsed=action is not None,
+                env_reward=float(reward),
+                won=bool(info.get("won")),
+                terminated=term,
+                truncated=trunc,
+            )  # fmt: skip
+        )
+        t += 1
+    return records, labels
+
+
+def test_dagger_labels_each_visited_state_with_the_expert(policy):
+    from empg.rollout import prompts
+    from empg.train.sft import expert_labels
+
+    seeds = split_seeds("train", 3)
+    recs, labels = [], []
+    for s in seeds:
+        r, lab = _scripted_records(s, 15)
+        recs += r
+        labels += lab
+    assert any(r.action is None for r in recs) and any(
+        r.action not in (None, lab) for r, lab in zip(recs, labels, strict=True)
+    )
+    order = list(range(len(recs)))[::-1]  # any order: records are grouped by trajectory and sorted by step
+    demos = expert_labels(policy, [recs[i] for i in order], "household-v0", max_turns=15)
+    assert len(demos) == len(recs)
+    by_prompt = {tuple(d.prompt_ids): d for d in demos}
+    for rec, label in zip(recs, labels, strict=True):
+        demo = by_prompt[tuple(rec.prompt_ids)]  # the prompt the policy saw
+        assert prompts.parse_action(policy.tokenizer.decode(demo.response_ids)) == label
+        assert demo.seed == rec.seed and demo.task_type == rec.task_type
+
+
+def test_dagger_refuses_a_replay_that_diverges(policy):
+    from empg.train.sft import expert_labels
+
+    recs, _ = _scripted_records(split_seeds("train", 1)[0], 15)
+    recs[-1].won = not recs[-1].won
+    with pytest.raises(RuntimeError, match="diverged"):
+        expert_labels(policy, recs, "household-v0", max_turns=15)
+
+
+def test_sft_command_with_dagger_rounds(tmp_path, tiny_model_dir):
+    run_dir = tmp_path / "sft"
+    args = ["sft", f"run_dir={run_dir}", f"model.spec={tiny_model_dir}", "sft.episodes=2", "sft.steps=2",
+            "sft.batch_size=4", "sft.eval_episodes=0", "sft.dagger_rounds=2", "sft.dagger_episodes=3",
+            "sft.dagger_steps=2", "env.max_turns=3", "rollout.max_new_tokens=8"]  # fmt: skip
+    assert main(args) == 0
+    report = json.loads((run_dir / "sft.json").read_text())
+    rounds = report["dagger"]
+    assert len(rounds) == 2
+    assert all(r["labelled_steps"] >= 3 for r in rounds)  # >= 1 step per episode, up to 3 turns
+    assert rounds[1]["demo_steps"] == report["demo_steps"] + rounds[0]["labelled_steps"] + rounds[1]["labelled_steps"]

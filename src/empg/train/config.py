@@ -105,6 +105,14 @@ class SFTConfig:
         "expert's (not trained on); the expert's recovery from there is. Teaches recovery from the policy's own "
         "mistakes (0 = clean demos).",
     )
+    dagger_rounds: int = _f(
+        0,
+        "DAgger rounds after behaviour cloning (Ross et al. 2011): roll out the policy, label every state it visited "
+        "with the expert's action, train again on all demos so far. Fixes the states the policy's own mistakes lead "
+        "to (0 = off).",
+    )
+    dagger_episodes: int = _f(64, "DAgger: policy episodes per round (train seeds after the demo seeds).")
+    dagger_steps: int = _f(500, "DAgger: optimizer steps per round (fresh AdamW, same lr, schedule and warm-up).")
     eval_episodes: int = _f(32, "Episodes per eval split evaluated after SFT (0 = skip).")
 
 
@@ -257,6 +265,9 @@ def validate(cfg: TrainConfig, *, extras: bool = True) -> TrainConfig:
         ("sft.eval_episodes", 0),
         ("sft.seed_offset", 0),
         ("sft.warmup_steps", 0),
+        ("sft.dagger_rounds", 0),
+        ("sft.dagger_episodes", 1),
+        ("sft.dagger_steps", 1),
         ("algo.max_resample_rounds", 0),
         ("algo.ppo_epochs", 1),
         ("optim.micro_batch_size", 1),

@@ -6,7 +6,10 @@
    response a short templated thought plus the expert action (:func:`empg.rollout.prompts.expert_response`).
 2. **Training**: ``sft.steps`` AdamW steps on shuffled mini-batches of ``sft.batch_size`` demo steps; the loss is the
    mean negative log-likelihood over response tokens only (prompt and padding masked out).
-3. **Evaluation** on ``eval.splits`` (``sft.eval_episodes`` each), written to ``run_dir/sft.json``.
+3. **DAgger** (``sft.dagger_rounds > 0``): roll out the cloned policy on fresh train seeds, label every state it
+   visited with the expert's action (:func:`expert_labels`), train again on all demos so far. Behaviour cloning
+   only ever sees the expert's states; DAgger adds the states the policy's own mistakes lead to.
+4. **Evaluation** on ``eval.splits`` (``sft.eval_episodes`` each), written to ``run_dir/sft.json``.
 
 The preset's ``sft.steps`` is deliberately short: the policy should stop imperfect (20-50 % success on household) so
 that RL has room to show what it adds.
@@ -88,6 +91,50 @@ def collect_demos(
             info = {**info, "task": info.get("task") or task}  # as the rollout does
             done = terminated or truncated
             step += 1
+        env.close()
+    return demos
+
+
+def expert_labels(
+    policy: Any,
+    steps: list[Any],
+    env_id: str,
+    *,
+    max_turns: int | None = None,
+    split: str = "train",
+    env_kwargs: dict | None = None,
+) -> list[Demo]:
+    """DAgger labels: every state a policy rollout visited, paired with the expert's action there.
+
+    Each trajectory of ``steps`` (:class:`empg.rollout.types.StepRecord`, any order) is replayed in a fresh env with
+    its seed: before each of the policy's steps the expert is asked what it would do, then the env receives exactly
+    what the rollout sent it (the parsed action, or the raw text of an unparsable response). The prompt is the one
+    the policy saw (``prompt_ids``), so the demo teaches the expert's answer in the policy's own state distribution.
+
+    Raises:
+        RuntimeError: when the replay disagrees with the record (``won``/``valid`` differ): the env is not
+            deterministic given its seed and actions, so its labels would be for other states.
+    """
+    from empg.envs import make
+    from empg.rollout import prompts
+
+    by_traj: dict[int, list[Any]] = {}
+    for rec in steps:
+        by_traj.setdefault(rec.traj_id, []).append(rec)
+    demos: list[Demo] = []
+    for traj in by_traj.values():
+        traj.sort(key=lambda r: r.step_idx)
+        env = make(env_id, split, max_turns=max_turns, **(env_kwargs or {}))
+        env.reset(seed=traj[0].seed)
+        for rec in traj:
+            text = prompts.expert_response(env.family, env.expert_action())
+            demos.append(Demo(list(rec.prompt_ids), encode_response(policy, text), rec.task_type, rec.seed))
+            _, _, _, _, info = env.step(rec.action if rec.action is not None else rec.response_text)
+            if bool(info.get("won", False)) != rec.won or (rec.parsed and bool(info.get("valid", True)) != rec.valid):
+                raise RuntimeError(
+                    f"replay of {env_id} seed {rec.seed} diverged from the rollout at step {rec.step_idx}: the env "
+                    "must be deterministic given its seed and actions for DAgger labels"
+                )
         env.close()
     return demos
 
@@ -220,6 +267,8 @@ def run_sft(policy: Any, cfg: TrainConfig, run_dir: Path, *, console: Any = None
         "eval_seed": cfg.seed * 1_000_003,
         "time/train": t_train,
     }
+    if cfg.sft.dagger_rounds:
+        result["dagger"] = _dagger(policy, cfg, demos, console)
     if cfg.sft.eval_episodes > 0:
         t1 = time.perf_counter()
         for split in cfg.eval.splits:
@@ -247,18 +296,78 @@ def run_sft(policy: Any, cfg: TrainConfig, run_dir: Path, *, console: Any = None
     return result
 
 
+def _dagger(policy: Any, cfg: TrainConfig, demos: list[Demo], console: Any) -> list[dict]:
+    """``sft.dagger_rounds`` rounds of: roll out the policy on fresh train seeds (rollout temperature), label the
+    visited states with the expert (:func:`expert_labels`), train on all demos so far. Returns one dict per round
+    (its rollout success is the policy's before that round's training)."""
+    from empg.envs import split_seeds
+    from empg.rollout import collect
+
+    n, per = cfg.sft.episodes, cfg.sft.dagger_episodes
+    all_seeds = split_seeds("train", n + cfg.sft.dagger_rounds * per, start=cfg.sft.seed_offset)
+    rounds = []
+    for r in range(cfg.sft.dagger_rounds):
+        t0 = time.perf_counter()
+        rollout = collect(
+            policy,
+            cfg.env.id,
+            all_seeds[n + r * per : n + (r + 1) * per],
+            group_size=1,
+            temperature=cfg.rollout.temperature,
+            max_new_tokens=cfg.rollout.max_new_tokens,
+            max_turns=cfg.env.max_turns,
+            history=cfg.rollout.history,
+            record_behaviour=False,
+            generator=torch.Generator().manual_seed(cfg.seed * 7919 + r),
+            env_kwargs=cfg.env.kwargs,
+        )
+        labelled = expert_labels(
+            policy, rollout.steps, cfg.env.id, max_turns=cfg.env.max_turns, env_kwargs=cfg.env.kwargs
+        )
+        demos.extend(labelled)
+        t_rollout = time.perf_counter() - t0
+        with _sft_progress(console, cfg.sft.dagger_steps, f"DAgger {r + 1}/{cfg.sft.dagger_rounds}") as progress:
+            losses = sft_train(
+                policy,
+                demos,
+                steps=cfg.sft.dagger_steps,
+                batch_size=cfg.sft.batch_size,
+                lr=cfg.sft.lr,
+                weight_decay=cfg.sft.weight_decay,
+                schedule=cfg.sft.schedule,
+                warmup_steps=cfg.sft.warmup_steps,
+                seed=cfg.seed + 1 + r,
+                progress=progress,
+            )
+        info = {
+            "rollout_success": rollout.success_rate,
+            "labelled_steps": len(labelled),
+            "demo_steps": len(demos),
+            "loss_last": losses[-1] if losses else None,
+            "time/rollout": t_rollout,
+            "time/train": time.perf_counter() - t0 - t_rollout,
+        }
+        if console is not None:
+            console.print(
+                f"DAgger round {r + 1}: policy success {info['rollout_success']:.1%} on {per} train episodes, "
+                f"+{len(labelled)} labelled steps, loss {info['loss_last']:.3f}"
+            )
+        rounds.append(info)
+    return rounds
+
+
 class _sft_progress:  # noqa: N801 - used like a function
     """Rich progress bar for the SFT steps (no-op without a console)."""
 
-    def __init__(self, console: Any, total: int):
-        self.console, self.total, self._p = console, total, None
+    def __init__(self, console: Any, total: int, label: str = "SFT"):
+        self.console, self.total, self.label, self._p = console, total, label, None
 
     def __enter__(self):
         if self.console is None:
             return None
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self._p = Progress(TextColumn("[bold]SFT"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        self._p = Progress(TextColumn(f"[bold]{self.label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                            TextColumn("{task.description}"), console=self.console)  # fmt: skip
         self._p.__enter__()
         task = self._p.add_task("", total=self.total)
