@@ -307,6 +307,8 @@ def _dagger(policy: Any, cfg: TrainConfig, demos: list[Demo], console: Any) -> l
     all_seeds = split_seeds("train", n + cfg.sft.dagger_rounds * per, start=cfg.sft.seed_offset)
     rounds = []
     for r in range(cfg.sft.dagger_rounds):
+        if console is not None:
+            console.print(f"DAgger round {r + 1}/{cfg.sft.dagger_rounds}: rolling out {per} policy episodes ...")
         t0 = time.perf_counter()
         rollout = collect(
             policy,
