@@ -93,6 +93,16 @@ def test_empg_advantages_golden():
     assert rl.advantage_phase(cfg_a, batch, steps, trajs, 0)[0].tolist() == pytest.approx(adv.tolist(), abs=1e-6)
 
 
+def test_invalid_step_penalty_hits_only_the_invalid_step():
+    batch, steps, trajs = _golden_batch()
+    steps[1].valid = False  # trajectory 0's second step (the successful trajectory)
+    plain = rl.advantage_phase(load_config(None, ["algo.empg=false"]), batch, steps, trajs, 0)[0]
+    cfg = load_config(None, ["algo.empg=false", "algo.invalid_step_penalty=0.5"])
+    adv = rl.advantage_phase(cfg, batch, steps, trajs, 0)[0]
+    # the returns come from the summaries (unchanged); only row 1 moves, by exactly -0.5
+    assert (adv - plain).tolist() == pytest.approx([0.0, -0.5, 0.0])
+
+
 class FakeCollect:
     """Outcomes by seed: seeds in ``informative`` give one success and one failure per group, others all fail."""
 

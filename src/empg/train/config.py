@@ -125,6 +125,11 @@ class AlgoConfig:
     grpo_stats: str = _f("trajectory", "Group statistics over: trajectory (each once) | steps (verl-agent rows).")
     reward_scale: float = _f(10.0, "R_i = reward_scale * outcome - invalid_penalty * #invalid steps.")
     invalid_penalty: float = _f(0.1, "Return penalty per invalid or unparsable step.")
+    invalid_step_penalty: float = _f(
+        0.0,
+        "Subtracted from the final advantage of each invalid or unparsable step (its own tokens only, after "
+        "GRPO/EMPG): credit for the action that failed, where invalid_penalty lowers every step of its trajectory.",
+    )
     empg: bool = _f(False, "Apply the EMPG advantage transform (entropy-modulated scaling + future-clarity bonus).")
     use_scaling: bool = _f(True, "EMPG ablation: self-calibrating scaling g (False = g ≡ 1).")
     use_bonus: bool = _f(True, "EMPG ablation: future-clarity bonus f (False = zeta 0).")
@@ -283,6 +288,7 @@ def validate(cfg: TrainConfig, *, extras: bool = True) -> TrainConfig:
     for name in [
         "algo.reward_scale",
         "algo.invalid_penalty",
+        "algo.invalid_step_penalty",
         "algo.k",
         "algo.k_next",
         "algo.zeta",

@@ -11,6 +11,8 @@ Which variant (METHOD.md is the source of truth):
 * **EMPG** (when ``algo.empg``): step entropies H (mean behaviour token entropy of each step's response, or the
   ``step_entropy`` variant) → batch min-max normalisation → A_mod = g·A + ζ·f_next → final normalisation, see
   :func:`empg.algos.empg_transform_with_stats`. Every token of a step gets the step's final advantage.
+* **Step-level invalid penalty** (``invalid_step_penalty``, off by default): subtracted from the final advantage of
+  each invalid step only, so the action that failed is blamed rather than every step of its trajectory.
 * **Behaviour policy**: log-probs and token entropies are recomputed in one no-grad pass over the packed batch
   before the update (as verl does), with the same forward the update uses, so the first PPO ratio is exactly 1.
 * **Update**: PPO clipped surrogate, ``ppo_epochs`` passes over the batch shuffled into ``mini_batches`` optimizer
@@ -480,6 +482,9 @@ def advantage_phase(cfg: TrainConfig, batch: Any, steps: list, trajs: list, it: 
         before = st.a_mod
     else:
         final = before = base
+    if cfg.algo.invalid_step_penalty:
+        invalid = torch.tensor([not s.valid for s in steps], dtype=final.dtype)
+        final = final - cfg.algo.invalid_step_penalty * invalid
     check_finite("advantages", final, it)
     metrics.update(_adv_split("before", before, success))
     metrics.update(_adv_split("after", final, success))
