@@ -244,18 +244,7 @@ def run_sft(policy: Any, cfg: TrainConfig, run_dir: Path, *, console: Any = None
     t_demos = time.perf_counter() - t0
     torch.manual_seed(cfg.seed)
     with _sft_progress(console, cfg.sft.steps) as progress:
-        losses = sft_train(
-            policy,
-            demos,
-            steps=cfg.sft.steps,
-            batch_size=cfg.sft.batch_size,
-            lr=cfg.sft.lr,
-            weight_decay=cfg.sft.weight_decay,
-            schedule=cfg.sft.schedule,
-            warmup_steps=cfg.sft.warmup_steps,
-            seed=cfg.seed,
-            progress=progress,
-        )
+        losses = _train(policy, demos, cfg, cfg.sft.steps, cfg.seed, progress)
     t_train = time.perf_counter() - t0 - t_demos
     result: dict[str, Any] = {
         "demo_episodes": len(seeds),
@@ -296,6 +285,13 @@ def run_sft(policy: Any, cfg: TrainConfig, run_dir: Path, *, console: Any = None
     return result
 
 
+def _train(policy: Any, demos: list[Demo], cfg: TrainConfig, steps: int, seed: int, progress: Any) -> list[float]:
+    """:func:`sft_train` with the config's optimizer settings."""
+    s = cfg.sft
+    return sft_train(policy, demos, steps=steps, batch_size=s.batch_size, lr=s.lr, weight_decay=s.weight_decay,
+                     schedule=s.schedule, warmup_steps=s.warmup_steps, seed=seed, progress=progress)  # fmt: skip
+
+
 def _dagger(policy: Any, cfg: TrainConfig, demos: list[Demo], console: Any) -> list[dict]:
     """``sft.dagger_rounds`` rounds of: roll out the policy on fresh train seeds (rollout temperature), label the
     visited states with the expert (:func:`expert_labels`), train on all demos so far. Returns one dict per round
@@ -329,18 +325,7 @@ def _dagger(policy: Any, cfg: TrainConfig, demos: list[Demo], console: Any) -> l
         demos.extend(labelled)
         t_rollout = time.perf_counter() - t0
         with _sft_progress(console, cfg.sft.dagger_steps, f"DAgger {r + 1}/{cfg.sft.dagger_rounds}") as progress:
-            losses = sft_train(
-                policy,
-                demos,
-                steps=cfg.sft.dagger_steps,
-                batch_size=cfg.sft.batch_size,
-                lr=cfg.sft.lr,
-                weight_decay=cfg.sft.weight_decay,
-                schedule=cfg.sft.schedule,
-                warmup_steps=cfg.sft.warmup_steps,
-                seed=cfg.seed + 1 + r,
-                progress=progress,
-            )
+            losses = _train(policy, demos, cfg, cfg.sft.dagger_steps, cfg.seed + 1 + r, progress)
         info = {
             "rollout_success": rollout.success_rate,
             "labelled_steps": len(labelled),
