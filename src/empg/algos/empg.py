@@ -131,6 +131,11 @@ class _StepIndex:
     traj: Tensor
     inv: Tensor | None
 
+    def rows(self, x: Tensor, dtype: torch.dtype) -> Tensor:
+        """Per-unique-step values (U,) back in input row order (S,); floating ones cast to ``dtype``."""
+        x = x if self.inv is None else x[self.inv]
+        return x.to(dtype) if x.is_floating_point() else x
+
 
 def _traj_labels(traj_id: Tensor) -> tuple[Tensor, int]:
     """Non-negative trajectory labels and their maximum: the ids themselves when already small and >= 0, else
@@ -287,13 +292,10 @@ def empg_transform_with_stats(
     a_final, a_mod, parts, idx = _transform(
         advantages, step_entropy, traj_id, step_idx, keep=True, final_norm=final_norm, **kw
     )
-    out_dtype = advantages.dtype if advantages.is_floating_point() else torch.float32
-
-    def rows(x: Tensor) -> Tensor:
-        x = x if idx.inv is None else x[idx.inv]
-        return x.to(out_dtype) if x.is_floating_point() else x
-
-    stats = EMPGStats(a_mod=rows(a_mod), a_final=rows(a_final), **{n: rows(t) for n, t in parts.items()})
+    out = _out_dtype(advantages)
+    stats = EMPGStats(
+        a_mod=idx.rows(a_mod, out), a_final=idx.rows(a_final, out), **{n: idx.rows(t, out) for n, t in parts.items()}
+    )
     return stats.a_final, stats
 
 
@@ -340,5 +342,9 @@ def empg_transform(
     a_final, _, _, idx = _transform(
         advantages, step_entropy, traj_id, step_idx, keep=False, final_norm=final_norm, **kw
     )
-    a_final = a_final if idx.inv is None else a_final[idx.inv]
-    return a_final.to(advantages.dtype if advantages.is_floating_point() else torch.float32)
+    return idx.rows(a_final, _out_dtype(advantages))
+
+
+def _out_dtype(advantages: Tensor) -> torch.dtype:
+    """The returned advantages' dtype: the input's, or float32 for integer advantages."""
+    return advantages.dtype if advantages.is_floating_point() else torch.float32
