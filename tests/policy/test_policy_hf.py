@@ -93,6 +93,30 @@ def test_response_logprobs_matches_unpadded_reference_and_is_masked(tiny):
     tiny.model.zero_grad()
 
 
+def test_response_logprobs_of_a_narrow_micro_batch_skips_its_padding_columns(tiny, monkeypatch):
+    """Rows selected from a wider batch are computed at their own width (leading and trailing all-padding columns
+    dropped) and give the same per-token results, laid out at the batch's columns."""
+    import empg.policy.hf as hf
+
+    prompts = _prompts(tiny, 4)
+    prompts[0] = prompts[0] + prompts[1]  # the longest prompt and ...
+    responses = [[5, 6, 7], [8], [9, 10], [11, 12, 13, 14, 15, 16]]  # ... the longest response are left out below
+    batch = pack(prompts, responses, tiny.pad_id)
+    full_lp, full_ent = response_logprobs(tiny.model, batch, with_entropy=True)
+    widths = []
+    real = hf._forward_logits
+    monkeypatch.setattr(
+        hf, "_forward_logits", lambda m, ids, *a, **k: widths.append(ids.shape[1]) or real(m, ids, *a, **k)
+    )
+    micro = batch.select([1, 2])
+    lp, ent = response_logprobs(tiny.model, micro, with_entropy=True)
+    lo = batch.response_start - max(len(prompts[1]), len(prompts[2]))
+    assert widths == [batch.input_ids.shape[1] - lo - (len(responses[3]) - 2)]
+    assert lp.shape == ent.shape == micro.input_ids.shape
+    torch.testing.assert_close(lp, full_lp[[1, 2]].detach(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(ent, full_ent[[1, 2]].detach(), atol=1e-5, rtol=0)
+
+
 def test_top_p_golden():
     probs = torch.tensor([[0.2, 0.5, 0.3]])
     # sorted 0.5, 0.3, 0.2; mass before each: 0, 0.5, 0.8 → top_p=0.6 keeps 0.5 and 0.3

@@ -59,6 +59,30 @@ def test_behaviour_cloning_loss_goes_down(tiny_model_dir):
     assert last < 0.8 * first, (first, last)
 
 
+def test_length_grouped_order_is_a_permutation_of_similar_length_batches():
+    import random
+
+    import torch
+
+    from empg.train.sft import length_grouped_order
+
+    rng = random.Random(0)
+    lengths = [rng.randrange(100, 600) for _ in range(1000)]
+    perm = torch.randperm(1000, generator=torch.Generator().manual_seed(1)).tolist()
+    order = length_grouped_order(perm, lengths, 16, torch.Generator().manual_seed(2), window=8)
+    assert sorted(order) == list(range(1000))
+    for w in range(0, 1000, 8 * 16):  # each window keeps its own indices: a pass is still shuffled at large scale
+        assert sorted(order[w : w + 128]) == sorted(perm[w : w + 128])
+
+    def spread(o):
+        return sum(max(lengths[i] for i in o[b : b + 16]) - min(lengths[i] for i in o[b : b + 16])
+                   for b in range(0, 1000, 16))  # fmt: skip
+
+    assert spread(order) < 0.2 * spread(perm)  # within-batch length spread (the padding) shrinks
+    firsts = [order[b] for b in range(0, 128, 16)]
+    assert sorted(firsts, key=lambda i: lengths[i]) != firsts  # the window's batches are not in length order
+
+
 def test_sft_command_saves_base_model_and_report(tmp_path, tiny_model_dir):
     run_dir = tmp_path / "sft"
     args = [

@@ -235,9 +235,10 @@ def response_logprobs(
     if not 0 < P < L:
         raise ValueError(f"response_start must be inside the row (0 < {P} < {L}); pack with empg.train.batch")
     position_ids = (attn.cumsum(-1) - 1).clamp_min(0)
-    logits = _forward_logits(model, ids, attn, position_ids, keep=L - P + 1)[:, :-1]  # (B, R, V) predicts cols P..L-1
-    labels = ids[:, P:]  # (B, R)
-    mask = batch.response_mask[:, P:].to(logits.device)
+    lo, hi = _real_columns(attn, P)  # columns outside [lo, hi) are padding in every row: not computed
+    logits = _forward_logits(model, ids[:, lo:hi], attn[:, lo:hi], position_ids[:, lo:hi], keep=hi - P + 1)[:, :-1]
+    labels = ids[:, P:hi]  # (B, R') with R' = hi - P; logits (B, R', V) predict columns P..hi-1
+    mask = batch.response_mask[:, P:hi].to(logits.device)
     if with_entropy:
         # the entropy carries gradients when called under autograd (entropy bonus), none in no-grad scoring
         lp, ent = logprobs_and_entropy(
@@ -245,11 +246,21 @@ def response_logprobs(
         )
     else:
         lp, ent = token_logprobs(logits, labels, temperature=temperature, chunk_size=chunk_size), None
-    pad = torch.zeros((B, P), dtype=lp.dtype, device=lp.device)
-    logp = torch.cat([pad, torch.where(mask != 0, lp, torch.zeros_like(lp))], dim=1)
+    pad, tail = lp.new_zeros((B, P)), lp.new_zeros((B, L - hi))
+    logp = torch.cat([pad, torch.where(mask != 0, lp, torch.zeros_like(lp)), tail], dim=1)
     if ent is None:
         return logp, None
-    return logp, torch.cat([pad, torch.where(mask != 0, ent, torch.zeros_like(ent))], dim=1)
+    return logp, torch.cat([pad, torch.where(mask != 0, ent, torch.zeros_like(ent)), tail], dim=1)
+
+
+def _real_columns(attn: Tensor, P: int) -> tuple[int, int]:
+    """``[lo, hi)``: the columns holding a real token in some row (``lo < P < hi``), so a micro-batch of similar
+    lengths is not computed at the width of the whole batch. Leading all-padding columns change no real token's
+    output (they are masked keys; position ids count real tokens only), trailing ones are after every token."""
+    used = (attn != 0).any(0).nonzero().flatten()
+    if used.numel() == 0:
+        return P - 1, P + 1
+    return min(int(used[0]), P - 1), max(int(used[-1]) + 1, P + 1)
 
 
 def _forward_logits(model: Any, ids: Tensor, attn: Tensor, pos: Tensor, keep: int) -> Tensor:

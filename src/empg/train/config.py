@@ -95,6 +95,11 @@ class SFTConfig:
     seed_offset: int = _f(100000, "Demo seeds are the first `episodes` train seeds >= this offset (apart from RL).")
     steps: int = _f(200, "Optimizer steps of behaviour cloning.")
     batch_size: int = _f(16, "Demonstration steps per optimizer step.")
+    group_by_length: bool = _f(
+        True,
+        "Form each batch from demos of similar length (shuffled windows of 32 batches, sorted by length, batches "
+        "in random order), so less of every batch is padding; False = uniformly shuffled batches.",
+    )
     lr: float = _f(1e-3, "AdamW learning rate for SFT.")
     weight_decay: float = _f(0.0, "AdamW weight decay for SFT.")
     schedule: str = _f("constant", "SFT learning-rate schedule: constant | cosine (decays to 0 at the last step).")

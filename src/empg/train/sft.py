@@ -159,6 +159,7 @@ def sft_train(
     schedule: str = "constant",
     warmup_steps: int = 0,
     seed: int = 0,
+    group_by_length: bool = False,
     progress: Any = None,
 ) -> list[float]:
     """Masked next-token loss on the response tokens; returns the loss of every step.
@@ -169,6 +170,7 @@ def sft_train(
         steps, batch_size, lr, weight_decay: AdamW behaviour cloning settings.
         schedule, warmup_steps: learning rate ``lr * lr_factor(step)`` (:func:`lr_factor`).
         seed: seeds the mini-batch shuffling.
+        group_by_length: batches of similar-length demos (:func:`length_grouped_order`) instead of uniform ones.
         progress: optional callable ``progress(step, loss)``.
     """
     from empg.policy.hf import response_logprobs
@@ -184,10 +186,12 @@ def sft_train(
     gen = torch.Generator().manual_seed(seed)
     order: list[int] = []
     losses: list[float] = []
+    lengths = [len(d.prompt_ids) + len(d.response_ids) for d in demos]
     model.eval()  # dropout off, as in RL
     for step in range(steps):
         if len(order) < batch_size:
-            order.extend(torch.randperm(len(demos), generator=gen).tolist())
+            perm = torch.randperm(len(demos), generator=gen).tolist()
+            order.extend(length_grouped_order(perm, lengths, batch_size, gen) if group_by_length else perm)
         idx, order = order[:batch_size], order[batch_size:]
         batch = sft_batch([demos[i].prompt_ids for i in idx], [demos[i].response_ids for i in idx], pad)
         logp, _ = response_logprobs(model, batch, temperature=1.0)
@@ -203,6 +207,22 @@ def sft_train(
         if progress is not None:
             progress(step, losses[-1])
     return losses
+
+
+def length_grouped_order(
+    perm: list[int], lengths: list[int], batch_size: int, gen: torch.Generator, window: int = 32
+) -> list[int]:
+    """``perm`` regrouped so that each consecutive ``batch_size`` chunk holds demos of similar length: every window of
+    ``window * batch_size`` indices is sorted by length, cut into batches, and its batches are shuffled (as
+    ``group_by_length`` in Hugging Face's Trainer). Each index still appears exactly once per pass."""
+    out: list[int] = []
+    span = window * batch_size
+    for start in range(0, len(perm), span):
+        chunk = sorted(perm[start : start + span], key=lambda i: lengths[i])
+        batches = [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+        for b in torch.randperm(len(batches), generator=gen).tolist():
+            out.extend(batches[b])
+    return out
 
 
 def lr_factor(step: int, steps: int, schedule: str = "constant", warmup_steps: int = 0) -> float:
@@ -289,7 +309,8 @@ def _train(policy: Any, demos: list[Demo], cfg: TrainConfig, steps: int, seed: i
     """:func:`sft_train` with the config's optimizer settings."""
     s = cfg.sft
     return sft_train(policy, demos, steps=steps, batch_size=s.batch_size, lr=s.lr, weight_decay=s.weight_decay,
-                     schedule=s.schedule, warmup_steps=s.warmup_steps, seed=seed, progress=progress)  # fmt: skip
+                     schedule=s.schedule, warmup_steps=s.warmup_steps, seed=seed, group_by_length=s.group_by_length,
+                     progress=progress)  # fmt: skip
 
 
 def _dagger(policy: Any, cfg: TrainConfig, demos: list[Demo], console: Any) -> list[dict]:
