@@ -103,6 +103,27 @@ def test_invalid_step_penalty_hits_only_the_invalid_step():
     assert (adv - plain).tolist() == pytest.approx([0.0, -0.5, 0.0])
 
 
+def test_invalid_credit_false_caps_invalid_steps_at_zero():
+    batch, steps, trajs = _golden_batch()
+    steps[1].valid = False  # an invalid step of the successful trajectory: no credit
+    steps[2].valid = False  # an invalid step of the failed one: keeps its blame
+    cfg = load_config(None, ["algo.empg=false", "algo.invalid_credit=false"])
+    adv = rl.advantage_phase(cfg, batch, steps, trajs, 0)[0]
+    assert adv.tolist() == pytest.approx([0.707107, 0.0, -0.707107], abs=1e-6)
+
+
+def test_negative_weight_scales_only_negative_advantages():
+    batch, steps, trajs = _golden_batch()
+    cfg = load_config(None, ["algo.empg=true", "algo.negative_weight=0.25"])
+    adv = rl.advantage_phase(cfg, batch, steps, trajs, 0)[0]
+    # the EMPG golden values [0.826266, 0.110323, -0.936590] with the negative one times 0.25
+    assert adv.tolist() == pytest.approx([0.826266, 0.110323, -0.234148], abs=1e-5)
+    zero = load_config(None, ["algo.empg=false", "algo.negative_weight=0"])
+    assert rl.advantage_phase(zero, batch, steps, trajs, 0)[0].tolist() == pytest.approx([0.707107, 0.707107, 0.0])
+    with pytest.raises(ValueError, match="algo.negative_weight"):
+        load_config(None, ["algo.negative_weight=1.5"])
+
+
 class FakeCollect:
     """Outcomes by seed: seeds in ``informative`` give one success and one failure per group, others all fail."""
 

@@ -135,6 +135,16 @@ class AlgoConfig:
         "Subtracted from the final advantage of each invalid or unparsable step (its own tokens only, after "
         "GRPO/EMPG): credit for the action that failed, where invalid_penalty lowers every step of its trajectory.",
     )
+    invalid_credit: bool = _f(
+        True,
+        "Let invalid or unparsable steps receive positive advantage (True, the standard estimator). False caps "
+        "their final advantage at 0: an action the env rejected changed nothing, so a success is no credit to it.",
+    )
+    negative_weight: float = _f(
+        1.0,
+        "Multiplies the negative final advantages (after GRPO/EMPG and invalid_step_penalty) by this weight in "
+        "[0, 1]: 1 = the standard estimator; < 1 learns more from successes than from failures (0 = positive-only).",
+    )
     empg: bool = _f(False, "Apply the EMPG advantage transform (entropy-modulated scaling + future-clarity bonus).")
     use_scaling: bool = _f(True, "EMPG ablation: self-calibrating scaling g (False = g ≡ 1).")
     use_bonus: bool = _f(True, "EMPG ablation: future-clarity bonus f (False = zeta 0).")
@@ -314,6 +324,12 @@ def validate(cfg: TrainConfig, *, extras: bool = True) -> TrainConfig:
             f"must be a finite number >= 0, got {value}",
             f"set {name} to a non-negative value",
         )
+    _check(
+        0 <= cfg.algo.negative_weight <= 1,
+        "algo.negative_weight",
+        f"must be in [0, 1], got {cfg.algo.negative_weight}",
+        "use 1 (standard) or e.g. 0.25",
+    )
     _check(cfg.algo.reward_scale > 0, "algo.reward_scale", "must be > 0 (0 makes every advantage 0)", "use e.g. 10")
     _check(cfg.optim.lr > 0, "optim.lr", "must be > 0", "use e.g. 1e-6 for LLMs, 1e-4 for the tiny models")
     _check(cfg.sft.lr > 0, "sft.lr", "must be > 0", "use e.g. 1e-3 for the tiny models")

@@ -13,6 +13,11 @@ Which variant (METHOD.md is the source of truth):
   :func:`empg.algos.empg_transform_with_stats`. Every token of a step gets the step's final advantage.
 * **Step-level invalid penalty** (``invalid_step_penalty``, off by default): subtracted from the final advantage of
   each invalid step only, so the action that failed is blamed rather than every step of its trajectory.
+* **No credit for invalid steps** (``invalid_credit=False``; the default True is the standard estimator): the final
+  advantage of an invalid step is capped at 0. A rejected action left the env as it was, so a successful
+  trajectory's invalid steps (a repeated ``go to`` where the agent already is) are not reinforced with it.
+* **Negative weight** (``negative_weight``, 1 by default): negative final advantages are multiplied by it, so
+  with a weight < 1 the update learns more from the steps of successful trajectories than from failed ones.
 * **Behaviour policy**: log-probs and token entropies are recomputed in one no-grad pass over the packed batch
   before the update (as verl does), with the same forward the update uses, so the first PPO ratio is 1 up to float
   rounding (~1e-6).
@@ -491,9 +496,13 @@ def advantage_phase(cfg: TrainConfig, batch: Any, steps: list, trajs: list, it: 
         before = st.a_mod
     else:
         final = before = base
+    invalid = torch.tensor([not s.valid for s in steps] if steps else [], dtype=torch.bool)
     if cfg.algo.invalid_step_penalty:
-        invalid = torch.tensor([not s.valid for s in steps], dtype=final.dtype)
-        final = final - cfg.algo.invalid_step_penalty * invalid
+        final = final - cfg.algo.invalid_step_penalty * invalid.to(final.dtype)
+    if not cfg.algo.invalid_credit:
+        final = torch.where(invalid, final.clamp(max=0.0), final)
+    if cfg.algo.negative_weight != 1.0:
+        final = torch.where(final < 0, final * cfg.algo.negative_weight, final)
     check_finite("advantages", final, it)
     metrics.update(_adv_split("before", before, success))
     metrics.update(_adv_split("after", final, success))
