@@ -103,12 +103,11 @@ def test_sft_command_saves_base_model_and_report(tmp_path, tiny_model_dir):
     assert (run_dir / "base_model" / "config.json").is_file()
 
 
-def test_noisy_demos_train_only_on_expert_steps(policy, monkeypatch):
-    """sft.noise (DART): perturbed steps are executed and shown in history but never targets; the rest are expert."""
+def _spy_on_envs(monkeypatch) -> list:
+    """Patch ``empg.envs.make``: every executed step appends (expert's suggestion, executed action, admissible)."""
     import empg.envs
-    from empg.rollout import prompts
 
-    log = []  # per executed step: (expert's suggestion, executed action, admissible actions)
+    log = []
     real_make = empg.envs.make
 
     def spying_make(*args, **kwargs):
@@ -129,6 +128,14 @@ def test_noisy_demos_train_only_on_expert_steps(policy, monkeypatch):
         return env
 
     monkeypatch.setattr(empg.envs, "make", spying_make)
+    return log
+
+
+def test_noisy_demos_train_only_on_expert_steps(policy, monkeypatch):
+    """sft.noise (DART): perturbed steps are executed and shown in history but never targets; the rest are expert."""
+    from empg.rollout import prompts
+
+    log = _spy_on_envs(monkeypatch)
     seeds = split_seeds("train", 6)
     demos = collect_demos(policy, "household-v0", seeds, max_turns=20, noise=0.4)
     perturbed = [(e, a, adm) for e, a, adm in log if a != e]
@@ -138,9 +145,52 @@ def test_noisy_demos_train_only_on_expert_steps(policy, monkeypatch):
     assert len(demos) == len(followed)
     targets = [prompts.parse_action(policy.tokenizer.decode(d.response_ids)) for d in demos]
     assert targets == followed
-    monkeypatch.setattr(empg.envs, "make", real_make)
+    monkeypatch.undo()
     again = collect_demos(policy, "household-v0", seeds, max_turns=20, noise=0.4)
     assert [d.prompt_ids for d in again] == [d.prompt_ids for d in demos]  # seeded by the episode seed
+
+
+def test_invalid_noise_shows_rejected_actions_and_trains_the_recovery(policy, monkeypatch):
+    """sft.invalid_noise: some executed steps are invalid (not admissible), never targets; the prompts after them show
+    the env's rejection; every target is the expert's action; off, the demos are the clean ones."""
+    from empg.envs.household import NOTHING
+    from empg.rollout import prompts
+
+    seeds = split_seeds("train", 4)
+    clean = collect_demos(policy, "household-v0", seeds, max_turns=20)
+    log = _spy_on_envs(monkeypatch)
+    demos = collect_demos(policy, "household-v0", seeds, max_turns=20, invalid_noise=0.3)
+    invalid = [(e, a) for e, a, adm in log if a not in adm]
+    followed = [e for e, a, _ in log if a == e]
+    assert len(invalid) > 0 and len(invalid) + len(followed) == len(log)  # every other step is the expert's
+    targets = [prompts.parse_action(policy.tokenizer.decode(d.response_ids)) for d in demos]
+    assert targets == followed
+    assert any(NOTHING in policy.tokenizer.decode(d.prompt_ids) for d in demos)
+    assert not any(NOTHING in policy.tokenizer.decode(d.prompt_ids) for d in clean)
+    monkeypatch.undo()
+    assert [d.prompt_ids for d in collect_demos(policy, "household-v0", seeds, max_turns=20)] == [
+        d.prompt_ids for d in clean
+    ]
+
+
+def test_invalid_variant_golden():
+    import random
+
+    from empg.train.sft import invalid_variant
+
+    admissible = ["take apple 1 from countertop 1", "go to fridge 1", "look"]
+    # one of the two numbers becomes another of 1-3; the previous action is admissible here, so never repeated
+    seen = {invalid_variant("take apple 1 from countertop 1", "go to fridge 1", admissible, random.Random(i))
+            for i in range(40)}  # fmt: skip
+    assert seen == {
+        "take apple 2 from countertop 1",
+        "take apple 3 from countertop 1",
+        "take apple 1 from countertop 2",
+        "take apple 1 from countertop 3",
+    }
+    repeat = {invalid_variant("look", "go to sinkbasin 1", admissible, random.Random(i)) for i in range(20)}
+    assert repeat == {"go to sinkbasin 1"}  # "look" has no number: only the repeat remains
+    assert invalid_variant("look", None, admissible, random.Random(0)) is None
 
 
 def test_lr_schedule_factors():

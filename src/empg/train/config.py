@@ -110,6 +110,13 @@ class SFTConfig:
         "expert's (not trained on); the expert's recovery from there is. Teaches recovery from the policy's own "
         "mistakes (0 = clean demos).",
     )
+    invalid_noise: float = _f(
+        0.0,
+        "Probability that a demo step (not taken as a noise detour) instead executes an invalid action like the "
+        "policy's own: the previous action repeated where it no longer applies, or the expert's action with another "
+        "object number. Not trained on; the prompts after it show the env's 'Nothing happens.' and the expert's "
+        "recovery is trained on (0 = off).",
+    )
     dagger_rounds: int = _f(
         0,
         "DAgger rounds after behaviour cloning (Ross et al. 2011): roll out the policy, label every state it visited "
@@ -334,6 +341,12 @@ def validate(cfg: TrainConfig, *, extras: bool = True) -> TrainConfig:
     _check(cfg.optim.lr > 0, "optim.lr", "must be > 0", "use e.g. 1e-6 for LLMs, 1e-4 for the tiny models")
     _check(cfg.sft.lr > 0, "sft.lr", "must be > 0", "use e.g. 1e-3 for the tiny models")
     _check(0 <= cfg.sft.noise < 1, "sft.noise", f"must be in [0, 1), got {cfg.sft.noise}", "use 0 (off) to 0.3")
+    _check(
+        0 <= cfg.sft.invalid_noise < 1,
+        "sft.invalid_noise",
+        f"must be in [0, 1), got {cfg.sft.invalid_noise}",
+        "use 0 (off) to 0.2",
+    )
     _check(
         0 < cfg.rollout.temperature <= 10,
         "rollout.temperature",

@@ -50,6 +50,7 @@ def collect_demos(
     split: str = "train",
     env_kwargs: dict | None = None,
     noise: float = 0.0,
+    invalid_noise: float = 0.0,
 ) -> list[Demo]:
     """Expert episodes on ``seeds`` rendered as (prompt, response) token pairs with the rollout's prompt code.
 
@@ -58,6 +59,12 @@ def collect_demos(
     the expert's steps from the perturbed states are, so the policy sees how to recover from off-course states such
     as the ones its own mistakes lead to. The draw is seeded by the episode seed. Envs that list no admissible
     actions give clean demos.
+
+    With ``invalid_noise > 0`` a step that is not a detour executes, with that probability, an invalid action
+    (:func:`invalid_variant`: the previous action repeated where it no longer applies, or the expert's action with
+    another object number), again not trained on: the next prompt shows it and the env's rejection, and the
+    expert's action from the unchanged state is the target. Without it demos never show a rejected action, and a
+    cloned policy that makes one tends to repeat it until the turn limit.
     """
     import random
 
@@ -75,8 +82,13 @@ def collect_demos(
             action = env.expert_action()
             admissible = info["admissible_actions"]
             detours = [a for a in admissible or [] if a != action]
+            executed = None  # an action other than the expert's: executed, not trained on
             if noise > 0 and detours and rng.random() < noise:
-                action = rng.choice(detours)
+                executed = rng.choice(detours)
+            elif invalid_noise > 0 and admissible and rng.random() < invalid_noise:
+                executed = invalid_variant(action, past[-1][1] if past else None, admissible, rng)
+            if executed is not None:
+                action = executed
             else:
                 messages = prompts.build_messages(
                     env.family, info["task"], obs, past[-history:] if history else [], step, admissible
@@ -93,6 +105,24 @@ def collect_demos(
             step += 1
         env.close()
     return demos
+
+
+def invalid_variant(action: str, previous: str | None, admissible: list[str], rng: Any) -> str | None:
+    """An action that is not admissible now, shaped like a cloned policy's mistakes, or None when there is none:
+    ``previous`` repeated (when it no longer applies), or ``action`` with one of its numbers changed to another of
+    1-3 (``take apple 2 from countertop 1`` for ``take apple 1 from countertop 1``)."""
+    import re
+
+    allowed = set(admissible)
+    candidates = [previous] if previous is not None and previous not in allowed else []
+    numbers = list(re.finditer(r"\b\d+\b", action))
+    if numbers:
+        m = rng.choice(numbers)
+        other = rng.choice([n for n in ("1", "2", "3") if n != m.group()])
+        variant = action[: m.start()] + other + action[m.end() :]
+        if variant not in allowed:
+            candidates.append(variant)
+    return rng.choice(candidates) if candidates else None
 
 
 def expert_labels(
@@ -260,6 +290,7 @@ def run_sft(policy: Any, cfg: TrainConfig, run_dir: Path, *, console: Any = None
         history=cfg.rollout.history,
         env_kwargs=cfg.env.kwargs,
         noise=cfg.sft.noise,
+        invalid_noise=cfg.sft.invalid_noise,
     )
     t_demos = time.perf_counter() - t0
     torch.manual_seed(cfg.seed)
