@@ -61,9 +61,8 @@ def main() -> None:
         record_behaviour=False,
     )
     won: dict[int, list[bool]] = defaultdict(list)
-    for step in result.steps:
-        if step.is_last:
-            won[step.group_id].append(bool(step.won))
+    for traj in result.trajectories:
+        won[traj.group_id].append(traj.success)
     h = headroom(won)
     print(
         f"{h['tasks']} tasks x {args.group} samples at T={cfg.rollout.temperature}: pass@1 {h['pass@1']:.1%}, "

@@ -242,7 +242,7 @@ def global_step_advantages(cfg: Any, batch: Any, steps: list, trajs: list, it: i
 @dataclass(frozen=True)
 class _StepId:
     traj_id: int
-    valid: bool = True  # for the invalid-step terms of the advantages
+    valid: bool  # for the invalid-step terms of the advantages
 
 
 # ----------------------------------------------------------------------------- 4. update

@@ -403,9 +403,9 @@ def score_phase(run: Run, batch: Any, it: int) -> torch.Tensor | None:
     for idx in torch.split(rows, cfg.optim.micro_batch_size):
         micro = batch.select(idx)
         logp, ent = response_logprobs(run.policy.model, micro, temperature=cfg.rollout.temperature, with_entropy=True)
-        batch.old_logprobs[idx], batch.token_entropy[idx] = logp.to(batch.old_logprobs.dtype), ent.to(logp.dtype)
+        batch.old_logprobs[idx], batch.token_entropy[idx] = logp, ent  # (cast to the buffers' dtype on assignment)
         if ref is not None:
-            ref[idx] = response_logprobs(run.ref_model, micro, temperature=cfg.rollout.temperature)[0].to(ref.dtype)
+            ref[idx] = response_logprobs(run.ref_model, micro, temperature=cfg.rollout.temperature)[0]
     if cfg.algo.empg and cfg.algo.step_entropy == "renyi2":
         batch.token_renyi2 = token_renyi2_of(run.policy.model, batch, cfg)
         check_finite("behaviour token Renyi-2 entropies", batch.token_renyi2, it, batch.response_mask)
