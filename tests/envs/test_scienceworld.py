@@ -176,7 +176,9 @@ def test_admissible_actions_on_request(env):
 def test_crashed_jvm_gives_clear_error_and_gc_stops_the_jvm():
     crashed = make("scienceworld-v0", "train", expert=False, task_types=["boil"])
     crashed.reset(seed=0)
-    os.kill(crashed.jvm_pid, signal.SIGKILL)
+    pid = crashed.jvm_pid
+    os.kill(pid, signal.SIGKILL)
+    assert _wait_dead(pid), f"SIGKILL must stop the JVM: {_status(pid)}"  # crashed, not merely dying
     with pytest.raises(ScienceWorldError, match="JVM crashed"):
         crashed.step("look around")
     assert crashed.jvm_pid is None  # closed after the crash

@@ -227,10 +227,10 @@ class ScienceWorldEnv(TextEnv):
             self._t += 1  # the agent follows the gold path
         if not action:
             return INVALID_OBSERVATION, 0.0, False, self._info(False, False, self._last_score)
-        server = self._engine.server
-        obs = self._call(server.step, action)
-        score = int(round(100 * self._call(server.getScore)))
-        completed = bool(self._call(server.getCompleted)) or score < 0
+        server = self._engine.server  # a py4j proxy: even looking up a method talks to the JVM, so inside _call
+        obs = self._call(lambda: server.step(action))
+        score = int(round(100 * self._call(lambda: server.getScore())))
+        completed = bool(self._call(lambda: server.getCompleted())) or score < 0
         reward = (max(score, 0) - max(self._last_score, 0)) / 100.0
         self._last_score = score
         valid = not obs.startswith(INVALID_OBSERVATION)
