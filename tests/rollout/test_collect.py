@@ -105,6 +105,14 @@ def test_scripted_rollout_rewards_validity_and_ids(tiny):
         (3, True, 1.0, 0, False),
     ]
     assert [t.task_type for t in res.trajectories] == ["type0", "type0", "type1", "type1"]
+    # state keys: what the step acted on (observation + admissible actions); a group's first steps share theirs
+    from empg.rollout.collect import state_key
+
+    keys = [s.state_key for s in first]
+    assert keys[0] == keys[1] == state_key("start 0", ["wait", "win"]) != keys[2] == keys[3] >= 0
+    second = [s.state_key for s in res.steps if s.step_idx == 1]
+    assert len(set(second)) == 1 and second[0] == state_key(" t=1 ", ["wait", "win"])  # whitespace-normalised
+    assert state_key("t=1", ["wait"]) != state_key("t=1", ["wait", "win"])
     assert res.stats["env_steps"] == len(res.steps) == 16 and res.stats["turns"] == 5
     assert res.stats["tokens"] == sum(len(s.response_ids) for s in res.steps)
 

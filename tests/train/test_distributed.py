@@ -47,6 +47,7 @@ def tiny_model() -> torch.nn.Module:
 def config() -> TrainConfig:
     cfg = TrainConfig()
     cfg.algo.empg, cfg.algo.kl_coef, cfg.algo.entropy_coef, cfg.algo.ppo_epochs = True, 0.0, 0.01, 2
+    cfg.algo.gigpo_weight = 1.0  # the step-level term needs every rank's steps too
     cfg.optim.lr, cfg.optim.micro_batch_size, cfg.optim.mini_batches, cfg.optim.grad_clip = 1e-2, 2, 1, 1.0
     return cfg
 
@@ -84,6 +85,7 @@ def rollout(group_offset: int, n_groups: int) -> tuple[list, list]:
                         terminated=last,
                         truncated=False,
                         action_token_mask=[0] + [1] * (r_len - 1),
+                        state_key=t % 2,  # the group's first steps share a state
                     )
                 )
             trajs.append(TrajectorySummary(g_local, traj, "fake-v0", g, "x", n_steps, float(won), won, 0, False))
@@ -202,6 +204,7 @@ def test_two_gloo_processes_match_one_process(tmp_path, tiny_model_dir, fast, sh
     for key, value in single["adv"].items():  # each rank packs its own rows (narrower padding): float noise only
         assert merged[key] == pytest.approx(value, abs=1e-5)
     assert ranks[0]["adv_metrics"]["empg/g_mean"] == pytest.approx(1.0, abs=1e-6)
+    assert ranks[0]["adv_metrics"]["gigpo/informative_frac"] > 0  # GiGPO's term is in the compared advantages
     # the loss summed over ranks and the parameters after the update equal the single process, on both ranks
     if sharding == "fsdp":  # sharded AdamW state -> checkpoint -> plain AdamW -> sharded again: nothing lost
         assert all(r["resharded_state_equal"] for r in ranks)

@@ -21,6 +21,7 @@ ALGOS = {
     "dapo": ["algo.base=dapo", "algo.empg=false"],
     "grpo+empg": ["algo.base=grpo", "algo.empg=true"],
     "dapo+empg": ["algo.base=dapo", "algo.empg=true"],
+    "grpo+gigpo+empg": ["algo.base=grpo", "algo.empg=true", "algo.gigpo_weight=1"],
 }
 VOLATILE = ("time/", "perf/")  # wall-clock metrics: the only keys allowed to differ between identical runs
 
@@ -57,6 +58,7 @@ def test_cli_runs_two_iterations(algo, tmp_path, tiny_model_dir, fast):
             assert r["adv/mean"] == pytest.approx(0.0, abs=1e-5)  # final_norm="mean"
         else:
             assert "empg/g_mean" not in r
+        assert ("gigpo/shared_state_frac" in r) == ("gigpo" in algo)
     if algo.startswith("grpo"):
         assert len(trained) == 2  # GRPO never skips an update
     ck = run_dir / "checkpoints" / "iter_0002"

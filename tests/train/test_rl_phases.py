@@ -112,6 +112,28 @@ def test_invalid_credit_false_caps_invalid_steps_at_zero():
     assert adv.tolist() == pytest.approx([0.707107, 0.0, -0.707107], abs=1e-6)
 
 
+def test_gigpo_step_credit_golden():
+    batch, steps, trajs = _golden_batch()
+    steps[2].valid = False  # trajectory 1's one invalid step (its summary counts it)
+    steps[0].state_key = steps[2].state_key = 5  # both first steps act on the group's initial state
+    steps[1].state_key = 6
+    cfg = load_config(None, ["algo.empg=false", "algo.gigpo_weight=1"])
+    adv, m = rl.advantage_phase(cfg, batch, steps, trajs, 0)
+    # step rewards: (0,0) 0, (0,1) 10 (last step of a success), (1,0) -0.1 (invalid, last step of a failure);
+    # returns to go at gamma 0.95: 9.5, 10, -0.1. State 5: {9.5, -0.1}, mean 4.7, unbiased std 4.8*sqrt(2)
+    # -> A_step = +-0.707107; state 6 is seen once -> 0. Added to the GRPO advantages [0.707107, 0.707107, -0.707107].
+    assert adv.tolist() == pytest.approx([1.414214, 0.707107, -1.414214], abs=1e-5)
+    assert m["gigpo/shared_state_frac"] == pytest.approx(2 / 3) and m["gigpo/informative_frac"] == pytest.approx(2 / 3)
+    half = load_config(None, ["algo.empg=false", "algo.gigpo_weight=0.5"])
+    assert rl.advantage_phase(half, batch, steps, trajs, 0)[0].tolist() == pytest.approx(
+        [1.06066, 0.707107, -1.06066], abs=1e-5
+    )
+    assert "gigpo/shared_state_frac" not in rl.advantage_phase(load_config(None, []), batch, steps, trajs, 0)[1]
+    for bad in ("algo.gigpo_gamma=1.5", "algo.gigpo_weight=-1"):
+        with pytest.raises(ValueError, match=bad.split("=")[0]):
+            load_config(None, [bad])
+
+
 def test_negative_weight_scales_only_negative_advantages():
     batch, steps, trajs = _golden_batch()
     cfg = load_config(None, ["algo.empg=true", "algo.negative_weight=0.25"])
@@ -232,6 +254,16 @@ def test_scoring_fills_entropies_and_renyi2(tmp_path, tiny_model_dir, fast):
     h_step = rl.step_entropies(cfg, batch)
     assert h_step.shape == (len(steps),)
     torch.testing.assert_close(h_step, h2.sum(-1) / m.sum(-1))
+    # slow reference: each row alone at the batch's full width (the micro-batched code trims padding columns)
+    from empg.algos.entropy import token_renyi2
+
+    P, ref = batch.response_start, torch.zeros_like(h2)
+    with torch.no_grad():
+        for b in range(batch.input_ids.shape[0]):
+            ids, att = batch.input_ids[b : b + 1], batch.attention_mask[b : b + 1]
+            logits = run.policy.model(input_ids=ids, attention_mask=att, position_ids=(att.cumsum(-1) - 1).clamp_min(0))
+            ref[b, P:] = token_renyi2(logits.logits[0, P - 1 : -1].float(), temperature=cfg.rollout.temperature)
+    torch.testing.assert_close(h2, torch.where(m, ref, torch.zeros_like(ref)), atol=1e-5, rtol=1e-4)
 
 
 def test_update_raises_positive_and_lowers_negative_advantage_responses(tmp_path, tiny_model_dir, fast):

@@ -1,6 +1,7 @@
 """The algorithm core: pure tensor functions over masked tensors (imports nothing else from the project).
 
 * :mod:`~empg.algos.advantages` — GRPO / Dr.GRPO / RLOO group advantages, returns, estimator registry;
+* :mod:`~empg.algos.anchors` — GiGPO's step-level advantages over anchor states (optional, added to the base);
 * :mod:`~empg.algos.empg` — the vectorised EMPG advantage transform;
 * :mod:`~empg.algos.entropy` — chunked token entropies / log-probs, step aggregation, broadcast to tokens;
 * :mod:`~empg.algos.losses` — PPO clip / clip-higher / dual-clip loss, aggregation, KL, entropy bonus;
@@ -17,6 +18,7 @@ from empg.algos.advantages import (
     step_level_grpo_advantages,
     trajectory_returns,
 )
+from empg.algos.anchors import anchor_advantages, discounted_step_returns
 from empg.algos.empg import FINAL_NORMS, EMPGStats, empg_transform, empg_transform_with_stats
 from empg.algos.entropy import (
     STEP_ENTROPY_MODES,
@@ -39,7 +41,9 @@ __all__ = [
     "AdvantageInputs",
     "EMPGStats",
     "agg_loss",
+    "anchor_advantages",
     "broadcast_to_tokens",
+    "discounted_step_returns",
     "empg_transform",
     "empg_transform_with_stats",
     "entropy_loss",

@@ -230,13 +230,9 @@ def response_logprobs(
         logp: (B, L) float; ``logp[b, j] = log π(input_ids[b, j] | input_ids[b, :j])``; 0 where response_mask is 0.
         entropy: (B, L) float or None; entropy of the distribution at position j; 0 where response_mask is 0.
     """
-    ids, attn, P = batch.input_ids, batch.attention_mask, batch.response_start
+    ids, P = batch.input_ids, batch.response_start
     B, L = ids.shape
-    if not 0 < P < L:
-        raise ValueError(f"response_start must be inside the row (0 < {P} < {L}); pack with empg.train.batch")
-    position_ids = (attn.cumsum(-1) - 1).clamp_min(0)
-    lo, hi = _real_columns(attn, P)  # columns outside [lo, hi) are padding in every row: not computed
-    logits = _forward_logits(model, ids[:, lo:hi], attn[:, lo:hi], position_ids[:, lo:hi], keep=hi - P + 1)[:, :-1]
+    logits, hi = response_logits(model, batch)
     labels = ids[:, P:hi]  # (B, R') with R' = hi - P; logits (B, R', V) predict columns P..hi-1
     mask = batch.response_mask[:, P:hi].to(logits.device)
     if with_entropy:
@@ -251,6 +247,21 @@ def response_logprobs(
     if ent is None:
         return logp, None
     return logp, torch.cat([pad, torch.where(mask != 0, ent, torch.zeros_like(ent)), tail], dim=1)
+
+
+def response_logits(model: Any, batch: StepBatch) -> tuple[Tensor, int]:
+    """Logits ``(B, hi - P, V)`` predicting the response columns ``P … hi-1`` of ``batch`` and ``hi``, the end of
+    its real columns (every later column is padding in every row, so it is not computed; nor are leading all-padding
+    columns). Position ids are ``cumsum(attention_mask) - 1``, as in generation."""
+    ids, attn, P = batch.input_ids, batch.attention_mask, batch.response_start
+    if not 0 < P < ids.shape[1]:
+        raise ValueError(
+            f"response_start must be inside the row (0 < {P} < {ids.shape[1]}); pack with empg.train.batch"
+        )
+    position_ids = (attn.cumsum(-1) - 1).clamp_min(0)
+    lo, hi = _real_columns(attn, P)
+    logits = _forward_logits(model, ids[:, lo:hi], attn[:, lo:hi], position_ids[:, lo:hi], keep=hi - P + 1)[:, :-1]
+    return logits, hi
 
 
 def _real_columns(attn: Tensor, P: int) -> tuple[int, int]:

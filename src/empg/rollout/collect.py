@@ -11,6 +11,9 @@ left-padded batch with the KV cache (:meth:`empg.policy.Policy.generate`), parse
   :func:`empg.policy.hf.response_logprobs` to 1e-4 (tested). The trainer may recompute them instead (as verl does).
 * **Turn limits.** ``collect`` builds envs with :func:`empg.envs.make` (``TimeLimit``); ``collect_with_envs`` also
   stops every trajectory after ``max_turns`` (default: the env's ``max_turns`` or 50) and marks it truncated.
+* **State keys.** Each record carries ``state_key``, a 63-bit hash of the observation the step acted on and the
+  admissible actions listed with it (:func:`state_key`): steps of one group with the same key acted on the same state,
+  which GiGPO's step-level advantage compares (``algo.gigpo_weight``).
 * **Env failures.** An exception from ``reset``/``step`` ends that trajectory with ``failed=True`` (excluded from
   training) instead of crashing the whole rollout.
 * **Remote envs.** When an env has a ``submit_step(action)`` hook (:class:`empg.rollout.workers.RemoteEnv`, an env
@@ -21,6 +24,7 @@ left-padded batch with the KV cache (:meth:`empg.policy.Policy.generate`), parse
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -264,12 +268,22 @@ def _advance(tr: _Traj, prompt_ids: list[int], gen: Any, action: str | None, tok
             old_logprobs=gen.logprobs,
             token_entropies=gen.entropies,
             action_token_mask=action_token_mask(tokenizer, gen.response_ids),
+            state_key=state_key(tr.obs, tr.info.get("admissible_actions")),
         )
     )
     history_action = action if action is not None else " ".join(gen.text.split())[:HISTORY_ACTION_CHARS]
     tr.past.append((tr.obs, history_action))
     tr.obs, tr.info = obs, info
     tr.done = is_last
+
+
+def state_key(obs: str, admissible: Sequence[str] | None) -> int:
+    """A 63-bit key of what the agent saw: the observation (whitespace-normalised) and the admissible actions.
+
+    Stable across processes and runs (blake2b, not Python's salted ``hash``), so keys from Ray workers or ranks compare.
+    """
+    text = " ".join(obs.split()) + "\x00" + "\x00".join(admissible or ())
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big") >> 1
 
 
 def action_token_mask(tokenizer: Any, response_ids: list[int]) -> list[int]:

@@ -40,6 +40,9 @@ class StepRecord:
     token_entropies: list[float] | None = None
     # 1 for response tokens inside <action>...</action> (for step_entropy="action"/"weighted"); same length as response.
     action_token_mask: list[int] | None = None
+    # Key of the state the step acted on (observation + admissible actions, hashed to 63 bits; -1 = unknown): steps
+    # of one group with the same key are compared by GiGPO's step-level advantage (``empg.algos.anchors``).
+    state_key: int = -1
     extra: dict = field(default_factory=dict)
 
 

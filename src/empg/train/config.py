@@ -152,6 +152,13 @@ class AlgoConfig:
         "Multiplies the negative final advantages (after GRPO/EMPG and invalid_step_penalty) by this weight in "
         "[0, 1]: 1 = the standard estimator; < 1 learns more from successes than from failures (0 = positive-only).",
     )
+    gigpo_weight: float = _f(
+        0.0,
+        "GiGPO step-level credit (arXiv 2505.10978) added to the base advantage before EMPG: steps of one group that "
+        "acted on the same state (same observation and admissible actions) are compared by their discounted return "
+        "to go, A = A_GRPO + gigpo_weight * A_step. 0 = off (plain GRPO/DAPO); the paper uses 1.",
+    )
+    gigpo_gamma: float = _f(0.95, "GiGPO: discount γ of the step returns R_t = Σ_k γ^(k-t) r_k (in [0, 1]).")
     empg: bool = _f(False, "Apply the EMPG advantage transform (entropy-modulated scaling + future-clarity bonus).")
     use_scaling: bool = _f(True, "EMPG ablation: self-calibrating scaling g (False = g ≡ 1).")
     use_bonus: bool = _f(True, "EMPG ablation: future-clarity bonus f (False = zeta 0).")
@@ -311,6 +318,7 @@ def validate(cfg: TrainConfig, *, extras: bool = True) -> TrainConfig:
         "algo.reward_scale",
         "algo.invalid_penalty",
         "algo.invalid_step_penalty",
+        "algo.gigpo_weight",
         "algo.k",
         "algo.k_next",
         "algo.zeta",
@@ -336,6 +344,12 @@ def validate(cfg: TrainConfig, *, extras: bool = True) -> TrainConfig:
         "algo.negative_weight",
         f"must be in [0, 1], got {cfg.algo.negative_weight}",
         "use 1 (standard) or e.g. 0.25",
+    )
+    _check(
+        0 <= cfg.algo.gigpo_gamma <= 1,
+        "algo.gigpo_gamma",
+        f"must be in [0, 1], got {cfg.algo.gigpo_gamma}",
+        "use 0.95 (GiGPO's default) or 1 (no discount)",
     )
     _check(cfg.algo.reward_scale > 0, "algo.reward_scale", "must be > 0 (0 makes every advantage 0)", "use e.g. 10")
     _check(cfg.optim.lr > 0, "optim.lr", "must be > 0", "use e.g. 1e-6 for LLMs, 1e-4 for the tiny models")

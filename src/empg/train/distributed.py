@@ -227,7 +227,8 @@ def global_step_advantages(cfg: Any, batch: Any, steps: list, trajs: list, it: i
     h = gather_cat(h_local, info)
     traj_id = gather_cat(torch.tensor([s.traj_id for s in steps], dtype=torch.long), info)
     step_idx = gather_cat(torch.tensor([s.step_idx for s in steps], dtype=torch.long), info)
-    all_steps = [s for part in gather_objects([_StepId(s.traj_id, s.valid) for s in steps], info) for s in part]
+    ids = [_StepId(s.traj_id, s.valid, s.is_last, s.state_key) for s in steps]
+    all_steps = [s for part in gather_objects(ids, info) for s in part]
     all_trajs = [t for part in gather_objects(list(trajs), info) for t in part]
     if len({t.traj_id for t in all_trajs}) != len(all_trajs):
         raise ValueError("trajectory ids collide across ranks; renumber each rank's rollout with renumber_shard()")
@@ -243,6 +244,8 @@ def global_step_advantages(cfg: Any, batch: Any, steps: list, trajs: list, it: i
 class _StepId:
     traj_id: int
     valid: bool  # for the invalid-step terms of the advantages
+    is_last: bool  # for GiGPO's step rewards (algo.gigpo_weight)
+    state_key: int  # for GiGPO's anchor states
 
 
 # ----------------------------------------------------------------------------- 4. update

@@ -8,6 +8,9 @@ Which variant (METHOD.md is the source of truth):
   every step row in the group statistics (verl-agent).
 * **DAPO** = GRPO + clip-higher (ε_high 0.28) + dynamic sampling (drop groups whose returns are all equal, roll out
   new tasks until ``n_tasks`` informative groups or ``max_resample_rounds``) + token-mean loss aggregation.
+* **GiGPO step credit** (``gigpo_weight`` ω > 0, off by default): steps of a group that acted on the same state
+  (``StepRecord.state_key``) are compared by their discounted return to go and ω·A_step is added to every step's
+  base advantage before EMPG (:mod:`empg.algos.anchors`, :func:`anchor_credit`).
 * **EMPG** (when ``algo.empg``): step entropies H (mean behaviour token entropy of each step's response, or the
   ``step_entropy`` variant) → batch min-max normalisation → A_mod = g·A + ζ·f_next → final normalisation, see
   :func:`empg.algos.empg_transform_with_stats`. Every token of a step gets the step's final advantage.
@@ -428,18 +431,17 @@ def by_length(batch: Any, rows: torch.Tensor) -> torch.Tensor:
 def token_renyi2_of(model: torch.nn.Module, batch: Any, cfg: TrainConfig) -> torch.Tensor:
     """Rényi-2 entropy −log Σ p² of each response token's distribution (B, L), 0 off the response mask.
 
-    Uses the StepBatch layout: every response starts at column ``P = batch.response_start``, so the logits at columns
-    ``P-1 … L-2`` are the distributions of the response tokens; position ids are ``cumsum(attention_mask) - 1``.
+    Micro-batches take rows in length order and are computed at their own width, as in :func:`score_phase`.
     """
     from empg.algos.entropy import token_renyi2
+    from empg.policy.hf import response_logits
 
     out = torch.zeros_like(batch.response_mask)
-    start = batch.response_start
-    for idx in torch.split(torch.arange(batch.response_mask.shape[0]), cfg.optim.micro_batch_size):
-        ids, att = batch.input_ids[idx], batch.attention_mask[idx]
-        pos = (att.cumsum(-1) - 1).clamp_min(0)
-        logits = model(input_ids=ids, attention_mask=att, position_ids=pos).logits[:, start - 1 : -1]  # (b, R, V)
-        out[idx, start:] = token_renyi2(logits.float(), temperature=cfg.rollout.temperature).to(out.dtype)
+    P = batch.response_start
+    rows = by_length(batch, torch.arange(batch.response_mask.shape[0]))
+    for idx in torch.split(rows, cfg.optim.micro_batch_size):
+        logits, hi = response_logits(model, batch.select(idx))  # (b, hi - P, V)
+        out[idx, P:hi] = token_renyi2(logits.float(), temperature=cfg.rollout.temperature).to(out.dtype)
     return torch.where(batch.response_mask != 0, out, torch.zeros_like(out))
 
 
@@ -472,10 +474,14 @@ def advantage_phase(cfg: TrainConfig, batch: Any, steps: list, trajs: list, it: 
         base = step_level_grpo_advantages(returns[step_traj], group_id[step_traj], norm_by_std=cfg.algo.norm_by_std)
     else:
         base = grpo_advantages(returns, group_id, norm_by_std=cfg.algo.norm_by_std)[step_traj]
+    metrics: dict[str, float] = {}
+    if cfg.algo.gigpo_weight:
+        a_step, anchor_metrics = anchor_credit(cfg, batch, steps, trajs, step_traj, group_id)
+        base = base + cfg.algo.gigpo_weight * a_step
+        metrics.update(anchor_metrics)
     base = base.to(torch.float32)
     check_finite("base advantages", base, it)
     success = torch.tensor([trajs[i].success for i in step_traj.tolist()], dtype=torch.bool)
-    metrics: dict[str, float] = {}
     if cfg.algo.empg:
         h = step_entropies(cfg, batch).to(torch.float32)
         check_finite("step entropies", h, it)
@@ -509,6 +515,36 @@ def advantage_phase(cfg: TrainConfig, batch: Any, steps: list, trajs: list, it: 
     metrics.update({"adv/mean": float(final.mean()), "adv/min": float(final.min()), "adv/max": float(final.max())})
     metrics["adv/std"] = float(final.std()) if final.numel() > 1 else 0.0
     return final, metrics
+
+
+def anchor_credit(
+    cfg: TrainConfig, batch: Any, steps: list, trajs: list, step_traj: torch.Tensor, group_id: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """GiGPO's step-level advantages (S,) (:mod:`empg.algos.anchors`) and their metrics.
+
+    Step rewards follow the episode return: ``reward_scale · outcome`` on the last step, ``-invalid_penalty`` on each
+    invalid step, so the undiscounted return to go of a trajectory's first step is its episode return.
+    """
+    from empg.algos import anchor_advantages, discounted_step_returns
+
+    rows = step_traj.tolist()
+    outcome = torch.tensor([float(trajs[i].outcome) for i in rows], dtype=torch.float64)
+    last = torch.tensor([s.is_last for s in steps], dtype=torch.float64)
+    invalid = torch.tensor([not s.valid for s in steps], dtype=torch.float64)
+    rewards = cfg.algo.reward_scale * outcome * last - cfg.algo.invalid_penalty * invalid
+    to_go = discounted_step_returns(rewards, batch.traj_id, batch.step_idx, cfg.algo.gigpo_gamma)
+    keys = torch.tensor([s.state_key for s in steps], dtype=torch.long)
+    adv = anchor_advantages(to_go, group_id[step_traj], keys, norm_by_std=cfg.algo.norm_by_std)
+    _, anchor, count = torch.unique(
+        torch.stack([group_id[step_traj], keys], dim=1), dim=0, return_inverse=True, return_counts=True
+    )
+    shared = (count[anchor] > 1) & (keys >= 0)
+    n = max(1, len(steps))
+    return adv, {
+        "gigpo/shared_state_frac": float(shared.sum()) / n,  # steps whose state another step of the group also saw
+        "gigpo/informative_frac": float((adv != 0).sum()) / n,  # ... and whose returns there differed
+        "gigpo/abs_adv_mean": float(adv.abs().mean()) if len(steps) else 0.0,
+    }
 
 
 def _adv_split(tag: str, adv: torch.Tensor, success: torch.Tensor) -> dict[str, float]:
