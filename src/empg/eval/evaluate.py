@@ -62,6 +62,16 @@ class EvalReport:
         }
 
 
+def eval_seeds(split: str, episodes: int, train_pool: int | None = None) -> list[int]:
+    """The env seeds of an evaluation: the first ``episodes`` seeds of ``split``. For ``split="train"`` with a
+    ``train_pool`` smaller than ``episodes``, the pool's seeds (the first ``train_pool`` train seeds, which RL samples
+    its tasks from) cycled, so the evaluation measures the tasks RL trains on, each played several times."""
+    if split == "train" and train_pool is not None and 0 < train_pool < episodes:
+        pool = split_seeds(split, train_pool)
+        return [pool[i % train_pool] for i in range(episodes)]
+    return split_seeds(split, episodes)
+
+
 def evaluate_policy(
     policy: Any,
     env_id: str,
@@ -75,8 +85,9 @@ def evaluate_policy(
     history: int = 2,
     seed: int = 0,
     env_kwargs: dict | None = None,
+    train_pool: int | None = None,
 ) -> EvalReport:
-    """Play the first ``episodes`` seeds of ``split`` once each and tabulate success.
+    """Play the first ``episodes`` seeds of ``split`` once each and tabulate success (:func:`eval_seeds`).
 
     Args:
         policy: an :class:`empg.policy.Policy`.
@@ -86,10 +97,11 @@ def evaluate_policy(
         temperature, greedy, max_new_tokens, max_turns, history: rollout settings.
         seed: seeds the sampling generator (the same seed gives the same evaluation).
         env_kwargs: extra env constructor arguments.
+        train_pool: the run's RL task pool (``env.train_pool``): a ``train`` evaluation plays only its tasks.
     """
     from empg.rollout import collect
 
-    seeds = split_seeds(split, episodes)
+    seeds = eval_seeds(split, episodes, train_pool)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # in case the generation backend samples from the global generator
     result = collect(
@@ -183,6 +195,7 @@ def evaluate_run(
         history=cfg.rollout.history,
         seed=cfg.seed,
         env_kwargs=cfg.env.kwargs,
+        train_pool=cfg.env.train_pool,
     )
     path = save_report(report, Path(run_dir) / "eval" / f"{split}_{model_dir.name}.json")
     return report, path

@@ -217,7 +217,11 @@ class EvalConfig:
 
     every: int = _f(5, "Evaluate every N iterations (and after the last); 0 = never during training.")
     episodes: int = _f(32, "Episodes per split (the first N seeds of the split, fixed across the run).")
-    splits: list[str] = _f(["eval_in", "eval_out"], "Splits to evaluate: any of train, eval_in, eval_out.")
+    splits: list[str] = _f(
+        ["eval_in", "eval_out"],
+        "Splits to evaluate: any of train, eval_in, eval_out. train plays the RL task pool (env.train_pool), cycled "
+        "when it has fewer tasks than eval.episodes.",
+    )
     temperature: float = _f(0.4, "Sampling temperature at evaluation.")
     greedy: bool = _f(False, "Greedy decoding at evaluation (overrides temperature).")
     at_start: bool = _f(True, "Also evaluate before the first RL iteration (iteration 0 point of the curve).")

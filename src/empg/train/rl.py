@@ -706,6 +706,7 @@ def evaluate_phase(run: Run, iteration: int) -> dict[str, float]:
             history=cfg.rollout.history,
             seed=cfg.seed * 1_000_003 + iteration,
             env_kwargs=cfg.env.kwargs,
+            train_pool=cfg.env.train_pool,
         )
         save_report(report, run.run_dir / "eval" / f"{split}_{ckpt.checkpoint_name(iteration)}.json")
         out.update(report.metrics())

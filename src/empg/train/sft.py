@@ -324,6 +324,7 @@ def run_sft(policy: Any, cfg: TrainConfig, run_dir: Path, *, console: Any = None
                 history=cfg.rollout.history,
                 seed=cfg.seed * 1_000_003,  # = the RL loop's iteration-0 evaluation, which reuses this result
                 env_kwargs=cfg.env.kwargs,
+                train_pool=cfg.env.train_pool,
             )
             result[f"{split}/success"] = report.success
             result[f"eval/{split}"] = report.to_dict()
