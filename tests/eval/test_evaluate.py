@@ -31,10 +31,12 @@ def test_report_is_deterministic_and_complete(policy):
 
 def test_train_evaluation_plays_only_the_rl_task_pool():
     from empg.envs import split_seeds
-    from empg.eval.evaluate import eval_seeds
+    from empg.eval.evaluate import eval_seeds, metric_key
 
     pool = split_seeds("train", 3)
     assert eval_seeds("train", 7, train_pool=3) == pool * 2 + pool[:1]  # cycled: each pool task 2-3 times
     assert eval_seeds("train", 2, train_pool=3) == pool[:2]  # a pool at least as large: its first seeds
     assert eval_seeds("train", 5) == split_seeds("train", 5)
     assert eval_seeds("eval_in", 5, train_pool=3) == split_seeds("eval_in", 5)  # other splits are never the pool
+    # its metrics are eval_train/*: train/* are the training rollouts' own
+    assert [metric_key(s) for s in ("train", "eval_in", "eval_out")] == ["eval_train", "eval_in", "eval_out"]

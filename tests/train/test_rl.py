@@ -236,3 +236,17 @@ def test_sft_then_rl_reuses_the_sft_evaluation_as_iteration_zero(tmp_path, tiny_
     assert rows[0]["iteration"] == 0 and rows[0]["eval_out/success"] == sft["eval_out/success"]
     assert calls == [1]  # iteration 0 came from the SFT evaluation, not a second pass
     assert (tmp_path / "run" / "base_model" / "model.safetensors").is_file()
+
+
+def test_train_split_evaluation_plays_the_task_pool_under_its_own_keys(tmp_path, tiny_model_dir, fast):
+    """eval.splits=[train] evaluates the RL task pool (cycled) as eval_train/*, next to the rollouts' train/*."""
+    from empg.eval.plots import plot_runs
+
+    run_dir = tmp_path / "run"
+    extra = ("env.train_pool=2", "eval.episodes=3", "eval.splits=[train,eval_out]", "iterations=2")
+    assert main(["train", *fast(run_dir, tiny_model_dir, *extra)]) == 0
+    last = read_metrics(run_dir)[-1]
+    assert {"train/success", "eval_train/success", "eval_train/ep_len", "eval_out/success"} <= set(last)
+    report = json.loads((run_dir / "eval" / "train_iter_0002.json").read_text())
+    assert report["episodes"] == 3 and report["split"] == "train"
+    assert any(p.name == "learning_curves.png" for p in plot_runs([run_dir]))

@@ -34,15 +34,17 @@ class EvalReport:
         return self.table["all"].rate
 
     def metrics(self) -> dict[str, float]:
-        """Flat metric keys: ``<split>/success``, ``<split>/success/<type>``, ``<split>/ep_len``."""
+        """Flat metric keys: ``<key>/success``, ``<key>/success/<type>``, ``<key>/ep_len``, ``<key>/invalid_rate``
+        with ``<key> = metric_key(split)``."""
+        key = metric_key(self.split)
         out = {
-            f"{self.split}/success": self.success,
-            f"{self.split}/ep_len": self.mean_length,
-            f"{self.split}/invalid_rate": self.invalid_rate,
+            f"{key}/success": self.success,
+            f"{key}/ep_len": self.mean_length,
+            f"{key}/invalid_rate": self.invalid_rate,
         }
         for name, row in self.table.items():
             if name != "all":
-                out[f"{self.split}/success/{name}"] = row.rate
+                out[f"{key}/success/{name}"] = row.rate
         return out
 
     @classmethod
@@ -60,6 +62,12 @@ class EvalReport:
             "invalid_rate": self.invalid_rate,
             "table": {k: v.to_dict() for k, v in self.table.items()},
         }
+
+
+def metric_key(split: str) -> str:
+    """Prefix of a split's evaluation metrics: ``eval_in``, ``eval_out``, and ``eval_train`` for the train split (whose
+    plain name prefixes the training rollouts' own metrics, ``train/success`` ...)."""
+    return split if split.startswith("eval_") else f"eval_{split}"
 
 
 def eval_seeds(split: str, episodes: int, train_pool: int | None = None) -> list[int]:

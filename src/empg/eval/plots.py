@@ -34,16 +34,22 @@ def _series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
     return xs, ys
 
 
+TITLES = {"eval_train": "eval on the RL task pool", "train": "training rollouts"}
+
+
 def plot_learning_curves(run_dirs: list[Path], out: Path, splits: tuple[str, ...] = ("eval_in", "eval_out")) -> Path:
-    """Eval success vs iteration per split (one panel each) and train success, runs overlaid."""
-    panels = [*splits, "train"]
+    """Eval success vs iteration per split (one panel each; ``eval_train`` too when a run has it) and the training
+    rollouts' success, runs overlaid."""
+    rows = {run_dir: read_metrics(run_dir) for run_dir in run_dirs}
+    pool = any("eval_train/success" in r for runs in rows.values() for r in runs)
+    panels = [*(["eval_train"] if pool and "eval_train" not in splits else []), *splits, "train"]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
     for ax, split in zip(axes[0], panels, strict=True):
         for run_dir in run_dirs:
-            xs, ys = _series(read_metrics(run_dir), f"{split}/success")
+            xs, ys = _series(rows[run_dir], f"{split}/success")
             if xs:
                 ax.plot(xs, ys, marker="o", ms=3, label=_label(run_dir))
-        ax.set_title(f"{split} success")
+        ax.set_title(f"{TITLES.get(split, split)} success")
         ax.set_xlabel("iteration")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)

@@ -27,7 +27,8 @@ METRIC_DOCS: dict[str, str] = {
     "time/weight_sync": "Seconds spent copying trainer weights into the vLLM engine (model.backend=vllm).",
     "dapo/kept_groups": "Informative groups kept (returns not all equal).",
     "dapo/rounds": "Rollout rounds used (1 = no resampling).",
-    "<split>/success": "Eval success rate on a split; per task type as <split>/success/<type>.",
+    "<split>/success": "Eval success rate on a split; per task type as <split>/success/<type> (the train split: "
+    "eval_train/..., the RL task pool).",
     "entropy/token_mean": "Mean behaviour token entropy over response tokens.",
     "entropy/thought_token": "Mean token entropy over thought tokens (outside <action>).",
     "entropy/action_token": "Mean token entropy over action-span tokens.",

@@ -277,7 +277,7 @@ def lr_factor(step: int, steps: int, schedule: str = "constant", warmup_steps: i
 def run_sft(policy: Any, cfg: TrainConfig, run_dir: Path, *, console: Any = None) -> dict:
     """Demos → behaviour cloning → evaluation; writes ``run_dir/sft.json`` and returns its content."""
     from empg.envs import split_seeds
-    from empg.eval.evaluate import evaluate_policy
+    from empg.eval.evaluate import evaluate_policy, metric_key
 
     run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -326,7 +326,7 @@ def run_sft(policy: Any, cfg: TrainConfig, run_dir: Path, *, console: Any = None
                 env_kwargs=cfg.env.kwargs,
                 train_pool=cfg.env.train_pool,
             )
-            result[f"{split}/success"] = report.success
+            result[f"{metric_key(split)}/success"] = report.success
             result[f"eval/{split}"] = report.to_dict()
             if console is not None:
                 from empg.eval.evaluate import render_report
