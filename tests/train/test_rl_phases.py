@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from empg.rollout.types import RolloutResult, StepRecord, TrajectorySummary
-from empg.train import rl
+from empg.train import advantage, rl
 from empg.train.config import load_config
 from empg.train.metrics import read_metrics
 
@@ -251,7 +251,7 @@ def test_scoring_fills_entropies_and_renyi2(tmp_path, tiny_model_dir, fast):
     assert bool((h2[m] > 0).all()) and bool((h2[m] <= h1[m] + 1e-5).all())
     assert bool((h1[~m] == 0).all()) and bool((h2[~m] == 0).all()) and bool((batch.old_logprobs[~m] == 0).all())
     assert bool((batch.old_logprobs[m] < 0).all())
-    h_step = rl.step_entropies(cfg, batch)
+    h_step = advantage.step_entropies(cfg, batch)
     assert h_step.shape == (len(steps),)
     torch.testing.assert_close(h_step, h2.sum(-1) / m.sum(-1))
     # slow reference: each row alone at the batch's full width (the micro-batched code trims padding columns)
@@ -275,7 +275,7 @@ def test_update_raises_positive_and_lowers_negative_advantage_responses(tmp_path
     batch = rl.pack_steps(run.policy, steps)
     rl.score_phase(run, batch, 0)
     sign = torch.tensor([1.0 if i % 2 == 0 else -1.0 for i in range(len(steps))])
-    batch.advantages = rl._broadcast(sign, batch.response_mask)
+    batch.advantages = rl.to_tokens(sign, batch.response_mask)
     before = batch.old_logprobs.clone()
     rl.update_phase(run, batch, None, 0)
     rl.score_phase(run, batch, 0)

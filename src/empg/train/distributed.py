@@ -9,8 +9,8 @@ train ...``) starts N processes with ``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/``M
    unique over all ranks (group ``g`` keeps its global index, trajectory ``g * group_size + k``).
 2. **Scoring** — each rank scores its own step rows (behaviour log-probs and token entropies).
 3. **Advantages on the full batch** — :func:`global_step_advantages` gathers the step entropies, ids and trajectory
-   summaries of all ranks, runs the trainer's own :func:`empg.train.rl.advantage_phase` on the whole batch (GRPO
-   group statistics and EMPG's min-max, mean of g and final mean are batch-global), and keeps this rank's rows.
+   summaries of all ranks, runs the trainer's own :func:`empg.train.advantage.advantage_phase` on the whole batch
+   (GRPO group statistics and EMPG's min-max, mean of g and final mean are batch-global), and keeps this rank's rows.
 4. **Update** — :func:`ddp_update_phase` runs :func:`empg.train.rl.update_phase` itself with this process group's
    :func:`reducer`, whose all-reduces make N processes compute exactly the single-process step: the loss denominator
    (token count or row count of the mini-batch) is summed over ranks, and gradients are summed over ranks (one flat
@@ -36,6 +36,8 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from empg.train import advantage
 
 
 @dataclass(frozen=True)
@@ -219,11 +221,9 @@ def global_step_advantages(cfg: Any, batch: Any, steps: list, trajs: list, it: i
     Returns:
         (advantages (S_local,), metrics of the global batch).
     """
-    from empg.train import rl
-
     if not info.enabled:
-        return rl.advantage_phase(cfg, batch, steps, trajs, it)
-    h_local = rl.step_entropies(cfg, batch).float() if cfg.algo.empg and steps else torch.zeros(len(steps))
+        return advantage.advantage_phase(cfg, batch, steps, trajs, it)
+    h_local = advantage.step_entropies(cfg, batch).float() if cfg.algo.empg and steps else torch.zeros(len(steps))
     h = gather_cat(h_local, info)
     traj_id = gather_cat(torch.tensor([s.traj_id for s in steps], dtype=torch.long), info)
     step_idx = gather_cat(torch.tensor([s.step_idx for s in steps], dtype=torch.long), info)
@@ -234,7 +234,7 @@ def global_step_advantages(cfg: Any, batch: Any, steps: list, trajs: list, it: i
         raise ValueError("trajectory ids collide across ranks; renumber each rank's rollout with renumber_shard()")
     ones = torch.ones(h.shape[0], 1)
     view = _StepView(traj_id, step_idx, h.unsqueeze(1), ones, ones, h.unsqueeze(1))
-    final, metrics = rl.advantage_phase(cfg, view, all_steps, all_trajs, it)
+    final, metrics = advantage.advantage_phase(cfg, view, all_steps, all_trajs, it)
     counts = gather_objects(len(steps), info)
     start = sum(counts[: info.rank])
     return final[start : start + len(steps)], metrics
@@ -328,7 +328,7 @@ def sharded_rollout_phase(run: Any, it: int, info: DistInfo) -> tuple[list, list
         all_trajs.extend(trajs)
         trajs = [t for t in trajs if not t.failed]
         if dynamic and trajs:
-            returns, group_id = rl._returns(cfg, trajs)
+            returns, group_id = advantage.episode_returns(cfg, trajs)
             trajs = [t for t, k in zip(trajs, filter_groups(returns, group_id).tolist(), strict=True) if k]
         keep = {t.traj_id for t in trajs}
         kept_trajs.extend(trajs)
@@ -347,7 +347,7 @@ def sharded_rollout_phase(run: Any, it: int, info: DistInfo) -> tuple[list, list
     n_steps = sum(t.length for t in done)
     metrics = {
         "train/success": sum(t.success for t in done) / max(1, len(done)),
-        "train/return": float(rl._returns(cfg, done)[0].mean()) if done else 0.0,
+        "train/return": float(advantage.episode_returns(cfg, done)[0].mean()) if done else 0.0,
         "train/ep_len": n_steps / max(1, len(done)),
         "train/invalid_rate": sum(t.n_invalid for t in done) / max(1, n_steps),
         "train/failed_episodes": float(len(everyone) - len(done)),
@@ -424,7 +424,7 @@ def train_distributed(cfg: Any, *, resume: bool = False, console: Any = None, in
             adv, adv_metrics = global_step_advantages(cfg, batch, steps, trajs, it, info)
             metrics.update(adv_metrics)
             if steps:
-                batch.advantages = rl._broadcast(adv, batch.response_mask)
+                batch.advantages = advantage.to_tokens(adv, batch.response_mask)
             t0 = time.perf_counter()
             if fsdp:
                 metrics.update(rl.update_phase(run, batch, ref_logp, it, fs.fsdp_reducer(info)))

@@ -10,7 +10,7 @@ Which variant (METHOD.md is the source of truth):
   new tasks until ``n_tasks`` informative groups or ``max_resample_rounds``) + token-mean loss aggregation.
 * **GiGPO step credit** (``gigpo_weight`` ω > 0, off by default): steps of a group that acted on the same state
   (``StepRecord.state_key``) are compared by their discounted return to go and ω·A_step is added to every step's
-  base advantage before EMPG (:mod:`empg.algos.anchors`, :func:`anchor_credit`).
+  base advantage before EMPG (:mod:`empg.algos.anchors`, :func:`empg.train.advantage.anchor_credit`).
 * **EMPG** (when ``algo.empg``): step entropies H (mean behaviour token entropy of each step's response, or the
   ``step_entropy`` variant) → batch min-max normalisation → A_mod = g·A + ζ·f_next → final normalisation, see
   :func:`empg.algos.empg_transform_with_stats`. Every token of a step gets the step's final advantage.
@@ -52,9 +52,10 @@ from typing import Any
 import torch
 
 from empg.train import checkpoint as ckpt
+from empg.train.advantage import advantage_phase, episode_returns, to_tokens
 from empg.train.backends import rollout_backends, rollout_settings, sync_rollout_weights
 from empg.train.config import TrainConfig, to_yaml
-from empg.train.metrics import MetricsLogger, check_finite, masked_mean, stats, truncate_jsonl
+from empg.train.metrics import MetricsLogger, check_finite, masked_mean, truncate_jsonl
 
 PHASES = {"tasks": 1, "rollout": 2, "shuffle": 3, "eval": 4, "sft": 5}
 
@@ -132,7 +133,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, console: Any = None) -> lis
             if batch is not None:
                 step_adv, adv_metrics = advantage_phase(cfg, batch, steps, trajs, it)
                 metrics.update(adv_metrics)
-                batch.advantages = _broadcast(step_adv, batch.response_mask)
+                batch.advantages = to_tokens(step_adv, batch.response_mask)
 
             # ----------------------------------------------------------------- 4. PPO update (+ vLLM weight sync)
             t0 = time.perf_counter()
@@ -307,7 +308,7 @@ def rollout_phase(run: Run, it: int) -> tuple[list, list, dict[str, float]]:
         all_trajs.extend(trajs)
         trajs = [t for t in trajs if not t.failed]
         if dynamic and trajs:
-            returns, group_id = _returns(cfg, trajs)
+            returns, group_id = episode_returns(cfg, trajs)
             keep = filter_groups(returns, group_id)
             trajs = [t for t, k in zip(trajs, keep.tolist(), strict=True) if k]
         keep_ids = {t.traj_id for t in trajs}
@@ -325,7 +326,7 @@ def rollout_phase(run: Run, it: int) -> tuple[list, list, dict[str, float]]:
     n_steps = sum(t.length for t in done)
     metrics = {
         "train/success": sum(t.success for t in done) / max(1, len(done)),
-        "train/return": float(_returns(run.cfg, done)[0].mean()) if done else 0.0,
+        "train/return": float(episode_returns(run.cfg, done)[0].mean()) if done else 0.0,
         "train/ep_len": n_steps / max(1, len(done)),
         "train/invalid_rate": sum(t.n_invalid for t in done) / max(1, n_steps),
         "train/failed_episodes": float(len(all_trajs) - len(done)),
@@ -364,18 +365,6 @@ def _renumber(steps: list, trajs: list, group_offset: int, traj_offset: int) -> 
     new_trajs = [replace(t, traj_id=tmap[t.traj_id], group_id=t.group_id + group_offset) for t in trajs]
     new_steps = [replace(s, traj_id=tmap[s.traj_id], group_id=s.group_id + group_offset) for s in steps]
     return new_steps, new_trajs
-
-
-def _returns(cfg: TrainConfig, trajs: list) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-trajectory returns (T,) float64 and group ids (T,) long."""
-    from empg.algos import trajectory_returns
-
-    outcome = torch.tensor([float(t.outcome) for t in trajs], dtype=torch.float64)
-    n_invalid = torch.tensor([float(t.n_invalid) for t in trajs], dtype=torch.float64)
-    returns = trajectory_returns(
-        outcome, n_invalid, reward_scale=cfg.algo.reward_scale, invalid_penalty=cfg.algo.invalid_penalty
-    )
-    return returns, torch.tensor([t.group_id for t in trajs], dtype=torch.long)
 
 
 # ============================================================================= 2. packing and scoring
@@ -443,123 +432,6 @@ def token_renyi2_of(model: torch.nn.Module, batch: Any, cfg: TrainConfig) -> tor
         logits, hi = response_logits(model, batch.select(idx))  # (b, hi - P, V)
         out[idx, P:hi] = token_renyi2(logits.float(), temperature=cfg.rollout.temperature).to(out.dtype)
     return torch.where(batch.response_mask != 0, out, torch.zeros_like(out))
-
-
-# ============================================================================= 3. advantages
-def step_entropies(cfg: TrainConfig, batch: Any) -> torch.Tensor:
-    """Per-step entropy H (B,) from the behaviour token entropies, per ``algo.step_entropy``."""
-    from empg.algos import step_entropy
-
-    mode = cfg.algo.step_entropy
-    mask = batch.response_mask
-    weights = None
-    values = batch.token_entropy
-    if mode == "action":
-        weights = batch.action_mask * mask
-    elif mode == "weighted":
-        weights = (1.0 + (cfg.algo.action_weight - 1.0) * batch.action_mask) * mask
-    elif mode == "renyi2":
-        values = batch.token_renyi2
-    return step_entropy(values, mask, mode=mode, weights=weights)
-
-
-def advantage_phase(cfg: TrainConfig, batch: Any, steps: list, trajs: list, it: int) -> tuple[torch.Tensor, dict]:
-    """Per-step advantages (S,) aligned with the batch rows: base GRPO/Dr.GRPO, then EMPG when enabled."""
-    from empg.algos import empg_transform_with_stats, grpo_advantages, step_level_grpo_advantages
-
-    returns, group_id = _returns(cfg, trajs)
-    row_of = {t.traj_id: i for i, t in enumerate(trajs)}
-    step_traj = torch.tensor([row_of[s.traj_id] for s in steps], dtype=torch.long)
-    if cfg.algo.grpo_stats == "steps":
-        base = step_level_grpo_advantages(returns[step_traj], group_id[step_traj], norm_by_std=cfg.algo.norm_by_std)
-    else:
-        base = grpo_advantages(returns, group_id, norm_by_std=cfg.algo.norm_by_std)[step_traj]
-    metrics: dict[str, float] = {}
-    if cfg.algo.gigpo_weight:
-        a_step, anchor_metrics = anchor_credit(cfg, batch, steps, trajs, step_traj, group_id)
-        base = base + cfg.algo.gigpo_weight * a_step
-        metrics.update(anchor_metrics)
-    base = base.to(torch.float32)
-    check_finite("base advantages", base, it)
-    success = torch.tensor([trajs[i].success for i in step_traj.tolist()], dtype=torch.bool)
-    if cfg.algo.empg:
-        h = step_entropies(cfg, batch).to(torch.float32)
-        check_finite("step entropies", h, it)
-        final, st = empg_transform_with_stats(
-            base,
-            h,
-            batch.traj_id,
-            batch.step_idx,
-            k=cfg.algo.k,
-            k_next=cfg.algo.k_next,
-            zeta=cfg.algo.zeta,
-            use_scaling=cfg.algo.use_scaling,
-            use_bonus=cfg.algo.use_bonus,
-            final_norm=cfg.algo.final_norm,
-        )
-        metrics.update(stats("empg/g", st.g))
-        metrics.update(stats("empg/f", st.f[st.has_next.bool()]))
-        before = st.a_mod
-    else:
-        final = before = base
-    invalid = torch.tensor([not s.valid for s in steps] if steps else [], dtype=torch.bool)
-    if cfg.algo.invalid_step_penalty:
-        final = final - cfg.algo.invalid_step_penalty * invalid.to(final.dtype)
-    if not cfg.algo.invalid_credit:
-        final = torch.where(invalid, final.clamp(max=0.0), final)
-    if cfg.algo.negative_weight != 1.0:
-        final = torch.where(final < 0, final * cfg.algo.negative_weight, final)
-    check_finite("advantages", final, it)
-    metrics.update(_adv_split("before", before, success))
-    metrics.update(_adv_split("after", final, success))
-    metrics.update({"adv/mean": float(final.mean()), "adv/min": float(final.min()), "adv/max": float(final.max())})
-    metrics["adv/std"] = float(final.std()) if final.numel() > 1 else 0.0
-    return final, metrics
-
-
-def anchor_credit(
-    cfg: TrainConfig, batch: Any, steps: list, trajs: list, step_traj: torch.Tensor, group_id: torch.Tensor
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """GiGPO's step-level advantages (S,) (:mod:`empg.algos.anchors`) and their metrics.
-
-    Step rewards follow the episode return: ``reward_scale · outcome`` on the last step, ``-invalid_penalty`` on each
-    invalid step, so the undiscounted return to go of a trajectory's first step is its episode return.
-    """
-    from empg.algos import anchor_advantages, discounted_step_returns
-
-    rows = step_traj.tolist()
-    outcome = torch.tensor([float(trajs[i].outcome) for i in rows], dtype=torch.float64)
-    last = torch.tensor([s.is_last for s in steps], dtype=torch.float64)
-    invalid = torch.tensor([not s.valid for s in steps], dtype=torch.float64)
-    rewards = cfg.algo.reward_scale * outcome * last - cfg.algo.invalid_penalty * invalid
-    to_go = discounted_step_returns(rewards, batch.traj_id, batch.step_idx, cfg.algo.gigpo_gamma)
-    keys = torch.tensor([s.state_key for s in steps], dtype=torch.long)
-    adv = anchor_advantages(to_go, group_id[step_traj], keys, norm_by_std=cfg.algo.norm_by_std)
-    _, anchor, count = torch.unique(
-        torch.stack([group_id[step_traj], keys], dim=1), dim=0, return_inverse=True, return_counts=True
-    )
-    shared = (count[anchor] > 1) & (keys >= 0)
-    n = max(1, len(steps))
-    return adv, {
-        "gigpo/shared_state_frac": float(shared.sum()) / n,  # steps whose state another step of the group also saw
-        "gigpo/informative_frac": float((adv != 0).sum()) / n,  # ... and whose returns there differed
-        "gigpo/abs_adv_mean": float(adv.abs().mean()) if len(steps) else 0.0,
-    }
-
-
-def _adv_split(tag: str, adv: torch.Tensor, success: torch.Tensor) -> dict[str, float]:
-    """Mean advantage of steps of successful / failed trajectories (METHOD §6 risk 1)."""
-    out = {}
-    for name, m in (("success", success), ("failure", ~success)):
-        if bool(m.any()):
-            out[f"adv/{name}_{tag}"] = float(adv[m].double().mean())
-    return out
-
-
-def _broadcast(step_values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    from empg.algos import broadcast_to_tokens
-
-    return broadcast_to_tokens(step_values.to(mask.dtype), mask)
 
 
 # ============================================================================= 4. update
