@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from empg.algos import anchor_advantages, discounted_step_returns
+from empg.algos import anchor_advantages, anchor_sets, discounted_step_returns
 
 
 def test_discounted_returns_golden_in_any_row_order():
@@ -42,6 +42,7 @@ def test_anchor_advantages_golden():
     out = anchor_advantages(returns, group, key)
     r = 1 / math.sqrt(2)
     torch.testing.assert_close(out, torch.tensor([-r, r, 0, 0, 0, 0], dtype=torch.float64), atol=1e-6, rtol=0)
+    assert anchor_sets(group, key)[1].tolist() == [2, 2, 1, 1, 1, 1]  # unknown states are sets of their own
     torch.testing.assert_close(
         anchor_advantages(returns, group, key, norm_by_std=False),
         torch.tensor([-1.0, 1.0, 0, 0, 0, 0], dtype=torch.float64),

@@ -18,7 +18,7 @@ from empg.algos.advantages import (
     step_level_grpo_advantages,
     trajectory_returns,
 )
-from empg.algos.anchors import anchor_advantages, discounted_step_returns
+from empg.algos.anchors import anchor_advantages, anchor_sets, discounted_step_returns
 from empg.algos.empg import FINAL_NORMS, EMPGStats, empg_transform, empg_transform_with_stats
 from empg.algos.entropy import (
     STEP_ENTROPY_MODES,
@@ -42,6 +42,7 @@ __all__ = [
     "EMPGStats",
     "agg_loss",
     "anchor_advantages",
+    "anchor_sets",
     "broadcast_to_tokens",
     "discounted_step_returns",
     "empg_transform",

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from empg.algos.advantages import grpo_advantages
 
-__all__ = ["anchor_advantages", "discounted_step_returns"]
+__all__ = ["anchor_advantages", "anchor_sets", "discounted_step_returns"]
 
 
 def discounted_step_returns(rewards: Tensor, traj_id: Tensor, step_idx: Tensor, gamma: float) -> Tensor:
@@ -83,10 +83,17 @@ def anchor_advantages(
         )
     if step_returns.numel() == 0:
         return step_returns.to(torch.float64)
-    known = state_key >= 0
-    # unknown states become singletons: each gets its own key, so it is never compared with another step
-    key = torch.where(known, state_key, -1 - torch.arange(state_key.numel(), device=state_key.device))
-    pairs = torch.stack([group_id.to(torch.long), key.to(torch.long)], dim=1)
-    _, anchor = torch.unique(pairs, dim=0, return_inverse=True)
+    anchor, _ = anchor_sets(group_id, state_key)
     adv = grpo_advantages(step_returns.to(torch.float64), anchor, norm_by_std=norm_by_std, eps=eps)
-    return torch.where(known, adv, torch.zeros_like(adv))
+    return torch.where(state_key >= 0, adv, torch.zeros_like(adv))
+
+
+def anchor_sets(group_id: Tensor, state_key: Tensor) -> tuple[Tensor, Tensor]:
+    """The (group, state) set of each step: labels (S,) and the size of each step's set (S,). A step with an unknown
+    state (negative key) is a set of its own, never compared with another step."""
+    group_id, state_key = torch.as_tensor(group_id), torch.as_tensor(state_key)
+    own = -1 - torch.arange(state_key.numel(), device=state_key.device)
+    key = torch.where(state_key >= 0, state_key, own)
+    pairs = torch.stack([group_id.to(torch.long), key.to(torch.long)], dim=1)
+    _, anchor, count = torch.unique(pairs, dim=0, return_inverse=True, return_counts=True)
+    return anchor, count[anchor]

@@ -102,7 +102,7 @@ def anchor_credit(
     Step rewards follow the episode return: ``reward_scale · outcome`` on the last step, ``-invalid_penalty`` on each
     invalid step, so the undiscounted return to go of a trajectory's first step is its episode return.
     """
-    from empg.algos import anchor_advantages, discounted_step_returns
+    from empg.algos import anchor_advantages, anchor_sets, discounted_step_returns
 
     rows = step_traj.tolist()
     outcome = torch.tensor([float(trajs[i].outcome) for i in rows], dtype=torch.float64)
@@ -112,10 +112,7 @@ def anchor_credit(
     to_go = discounted_step_returns(rewards, batch.traj_id, batch.step_idx, cfg.algo.gigpo_gamma)
     keys = torch.tensor([s.state_key for s in steps], dtype=torch.long)
     adv = anchor_advantages(to_go, group_id[step_traj], keys, norm_by_std=cfg.algo.norm_by_std)
-    _, anchor, count = torch.unique(
-        torch.stack([group_id[step_traj], keys], dim=1), dim=0, return_inverse=True, return_counts=True
-    )
-    shared = (count[anchor] > 1) & (keys >= 0)
+    shared = anchor_sets(group_id[step_traj], keys)[1] > 1
     n = max(1, len(steps))
     return adv, {
         "gigpo/shared_state_frac": float(shared.sum()) / n,  # steps whose state another step of the group also saw
