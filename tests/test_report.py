@@ -170,6 +170,32 @@ def test_without_sweep_json_runs_are_discovered_uncapped(sweep):
     assert "| `grpo+empg` | – |" in text and "| `one` | – | 0 |" in text
 
 
+def test_a_train_split_reports_the_train_pool_evaluation_not_the_rollouts(tmp_path):
+    """`eval.splits: [train, ...]` logs its evaluation as eval_train/*; the report must read those, never the
+    training rollouts' own train/success (which every iteration logs, at the rollout temperature)."""
+    run_dir = tmp_path / "grpo" / "seed0"
+    run_dir.mkdir(parents=True)
+    rows = [
+        {"iteration": 0, "eval_train/success": 0.25, "eval_in/success": 0.125},
+        {"iteration": 1, "train/success": 0.9, "train/ep_len": 4.0},
+        {"iteration": 2, "train/success": 0.8, "train/ep_len": 4.0, "eval_train/success": 0.5, "eval_in/success": 0.25},
+    ]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run_dir / "config.yaml").write_text(
+        yaml.safe_dump({**CONFIG, "eval": {**CONFIG["eval"], "splits": ["train", "eval_in"]}})
+    )
+    make_report(tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert (
+        "| method | baseline | seeds | eval_train success (%) | Δ eval_train (pp, 95 % CI) | eval_in success (%) |"
+        in text
+    )
+    assert "| `grpo` | – | 0 | 50.0 | – | 25.0 | – | 2 |" in text
+    row = json.loads((tmp_path / "results.jsonl").read_text().splitlines()[0])
+    assert (row["eval_train/success"], row["eval_train/iteration"], row["eval_in/success"]) == (0.5, 2, 0.25)
+    assert "train/success" not in row
+
+
 def test_report_errors(tmp_path, capsys):
     assert main(["report", str(tmp_path / "missing")]) == 2
     assert main(["report", str(tmp_path)]) == 2

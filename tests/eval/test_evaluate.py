@@ -40,3 +40,31 @@ def test_train_evaluation_plays_only_the_rl_task_pool():
     assert eval_seeds("eval_in", 5, train_pool=3) == split_seeds("eval_in", 5)  # other splits are never the pool
     # its metrics are eval_train/*: train/* are the training rollouts' own
     assert [metric_key(s) for s in ("train", "eval_in", "eval_out")] == ["eval_train", "eval_in", "eval_out"]
+
+
+def test_evaluate_with_config_passes_every_run_setting(monkeypatch):
+    """The RL loop, SFT and `empg eval` evaluate through one helper: it passes the config's env, turn limit, env
+    kwargs, task pool, history, token budget and evaluation temperature (greedy when asked or configured)."""
+    import empg.eval.evaluate as ev
+    from empg.train.config import load_config
+
+    calls = []
+    monkeypatch.setattr(ev, "evaluate_policy", lambda *a, **kw: calls.append((a, kw)))
+    cfg = load_config(
+        None,
+        [
+            "env.id=household-v0", "env.max_turns=7", "env.train_pool=2", "env.kwargs={scene_size: small}",
+            "rollout.max_new_tokens=12", "rollout.history=1", "eval.temperature=0.7",
+        ],
+    )  # fmt: skip
+    ev.evaluate_with_config("P", cfg, "train", 3, seed=5)
+    ev.evaluate_with_config("P", cfg, "eval_in", 4, seed=6, greedy=True)
+    settings = dict(temperature=0.7, max_new_tokens=12, max_turns=7, history=1,
+                    env_kwargs={"scene_size": "small"}, train_pool=2)  # fmt: skip
+    assert calls == [
+        (("P", "household-v0", "train", 3), dict(settings, greedy=False, seed=5)),
+        (("P", "household-v0", "eval_in", 4), dict(settings, greedy=True, seed=6)),
+    ]
+    cfg.eval.greedy = True
+    ev.evaluate_with_config("P", cfg, "eval_in", 4, seed=6)
+    assert calls[-1][1]["greedy"] is True

@@ -140,6 +140,29 @@ def evaluate_policy(
     )
 
 
+def evaluate_with_config(
+    policy: Any, cfg: Any, split: str, episodes: int, *, seed: int, greedy: bool = False
+) -> EvalReport:
+    """:func:`evaluate_policy` with a run's settings (a :class:`empg.train.config.TrainConfig`): its env, turn limit,
+    env kwargs and task pool, the rollout's history and token budget, the evaluation temperature (greedy when
+    ``greedy`` or ``cfg.eval.greedy``). The one place the RL loop, SFT and ``empg eval`` turn a config into an
+    evaluation."""
+    return evaluate_policy(
+        policy,
+        cfg.env.id,
+        split,
+        episodes,
+        temperature=cfg.eval.temperature,
+        greedy=greedy or cfg.eval.greedy,
+        max_new_tokens=cfg.rollout.max_new_tokens,
+        max_turns=cfg.env.max_turns,
+        history=cfg.rollout.history,
+        seed=seed,
+        env_kwargs=cfg.env.kwargs,
+        train_pool=cfg.env.train_pool,
+    )
+
+
 def save_report(report: EvalReport, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -191,19 +214,6 @@ def evaluate_run(
     cfg = load_run_config(run_dir)
     model_dir = resolve_model_dir(run_dir, checkpoint)
     policy = Policy.load(model_dir)
-    report = evaluate_policy(
-        policy,
-        cfg.env.id,
-        split,
-        episodes or cfg.eval.episodes,
-        temperature=cfg.eval.temperature,
-        greedy=greedy or cfg.eval.greedy,
-        max_new_tokens=cfg.rollout.max_new_tokens,
-        max_turns=cfg.env.max_turns,
-        history=cfg.rollout.history,
-        seed=cfg.seed,
-        env_kwargs=cfg.env.kwargs,
-        train_pool=cfg.env.train_pool,
-    )
+    report = evaluate_with_config(policy, cfg, split, episodes or cfg.eval.episodes, seed=cfg.seed, greedy=greedy)
     path = save_report(report, Path(run_dir) / "eval" / f"{split}_{model_dir.name}.json")
     return report, path

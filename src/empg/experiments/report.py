@@ -5,7 +5,9 @@ What it reads (per run dir ``SWEEP_DIR/<variant>/seed<K>``; the runs come from `
 
 * ``metrics.jsonl``: the **final evaluation** of each split is the last row (up to the sweep's planned
   ``iterations``) that has ``<split>/success``; with it ``<split>/success/<task type>``, ``<split>/ep_len`` and
-  ``<split>/invalid_rate``. Budget: ``iteration`` (iterations done), env steps = Σ over iterations of
+  ``<split>/invalid_rate`` (``<split>`` is the metric prefix: ``eval_in``, ``eval_out``, ``eval_train`` for a
+  ``train`` evaluation of the RL task pool; ``train/*`` are the training rollouts' and never read as one).
+  Budget: ``iteration`` (iterations done), env steps = Σ over iterations of
   ``train/ep_len`` × (``dapo/rounds`` × ``rollout.n_tasks`` × ``rollout.group_size`` − ``train/failed_episodes``)
   (training rollouts only, the config from ``config.yaml``), training-loop time = Σ ``time/total``.
   Curves: ``<split>/success``, ``loss/kl`` (only when ``algo.kl_coef > 0``), ``actor/approx_kl``,
@@ -156,7 +158,7 @@ def load_run(sweep_dir: Path, record: dict, splits: list[str] | None = None) -> 
     result.rows = [r for r in read_metrics(run_dir) if r.get("iteration", 0) <= cap]
     if not result.rows:
         return result
-    splits = splits or list(result.config.get("eval", {}).get("splits", DEFAULT_SPLITS))
+    splits = splits or _config_splits(result.config)
     result.final = final_eval(result.rows, splits)
     result.iterations = max(r["iteration"] for r in result.rows)
     result.env_steps = count_env_steps(result.rows, result.config)
@@ -542,11 +544,20 @@ def make_report(sweep_dir: str | Path, out: str | Path | None = None) -> list[Pa
     return [out, jsonl, *plots]
 
 
+def _config_splits(config: dict) -> list[str]:
+    """The metric prefixes of a run's ``eval.splits``: ``eval_in``, ``eval_out``, and ``eval_train`` for its ``train``
+    split (``train/*`` are the training rollouts' metrics, not an evaluation)."""
+    from empg.eval.evaluate import metric_key
+
+    return [metric_key(s) for s in config.get("eval", {}).get("splits", DEFAULT_SPLITS)]
+
+
 def _splits(results: list[RunResult]) -> list[str]:
-    """Eval splits present in any run's final metrics, in the configs' order (default eval_in, eval_out)."""
+    """Evaluated splits (metric prefixes, :func:`_config_splits`) present in any run's final metrics, in the configs'
+    order (default eval_in, eval_out)."""
     order: list[str] = []
     for r in results:
-        for split in r.config.get("eval", {}).get("splits", DEFAULT_SPLITS):
+        for split in _config_splits(r.config):
             if split not in order and f"{split}/success" in r.final:
                 order.append(split)
     return order or list(DEFAULT_SPLITS)

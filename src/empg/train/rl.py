@@ -560,25 +560,14 @@ def _denominator(cfg: TrainConfig, mask: torch.Tensor) -> float:
 # ============================================================================= 5. evaluation
 def evaluate_phase(run: Run, iteration: int) -> dict[str, float]:
     """Evaluate on ``eval.splits`` (fixed seeds); write ``eval/<split>_iter_XXXX.json``; return flat metrics."""
-    from empg.eval.evaluate import evaluate_policy, save_report
+    from empg.eval.evaluate import evaluate_with_config, save_report
 
     cfg = run.cfg
     out: dict[str, float] = {}
     for split in cfg.eval.splits:
         generator_for(cfg.seed, iteration, "eval")
-        report = evaluate_policy(
-            run.generating_policy,  # vLLM when model.backend=vllm (weights synced); envs in this process
-            cfg.env.id,
-            split,
-            cfg.eval.episodes,
-            temperature=cfg.eval.temperature,
-            greedy=cfg.eval.greedy,
-            max_new_tokens=cfg.rollout.max_new_tokens,
-            max_turns=cfg.env.max_turns,
-            history=cfg.rollout.history,
-            seed=cfg.seed * 1_000_003 + iteration,
-            env_kwargs=cfg.env.kwargs,
-            train_pool=cfg.env.train_pool,
+        report = evaluate_with_config(  # vLLM when model.backend=vllm (weights synced); envs in this process
+            run.generating_policy, cfg, split, cfg.eval.episodes, seed=cfg.seed * 1_000_003 + iteration
         )
         save_report(report, run.run_dir / "eval" / f"{split}_{ckpt.checkpoint_name(iteration)}.json")
         out.update(report.metrics())

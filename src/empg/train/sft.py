@@ -277,7 +277,7 @@ def lr_factor(step: int, steps: int, schedule: str = "constant", warmup_steps: i
 def run_sft(policy: Any, cfg: TrainConfig, run_dir: Path, *, console: Any = None) -> dict:
     """Demos → behaviour cloning → evaluation; writes ``run_dir/sft.json`` and returns its content."""
     from empg.envs import split_seeds
-    from empg.eval.evaluate import evaluate_policy, metric_key
+    from empg.eval.evaluate import evaluate_with_config, metric_key
 
     run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -312,20 +312,8 @@ def run_sft(policy: Any, cfg: TrainConfig, run_dir: Path, *, console: Any = None
     if cfg.sft.eval_episodes > 0:
         t1 = time.perf_counter()
         for split in cfg.eval.splits:
-            report = evaluate_policy(
-                policy,
-                cfg.env.id,
-                split,
-                cfg.sft.eval_episodes,
-                temperature=cfg.eval.temperature,
-                greedy=cfg.eval.greedy,
-                max_new_tokens=cfg.rollout.max_new_tokens,
-                max_turns=cfg.env.max_turns,
-                history=cfg.rollout.history,
-                seed=cfg.seed * 1_000_003,  # = the RL loop's iteration-0 evaluation, which reuses this result
-                env_kwargs=cfg.env.kwargs,
-                train_pool=cfg.env.train_pool,
-            )
+            # seed = the RL loop's iteration-0 evaluation, which reuses this result
+            report = evaluate_with_config(policy, cfg, split, cfg.sft.eval_episodes, seed=cfg.seed * 1_000_003)
             result[f"{metric_key(split)}/success"] = report.success
             result[f"eval/{split}"] = report.to_dict()
             if console is not None:
