@@ -55,14 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(sub, "sft", "Behaviour cloning on expert demonstrations only (saves run_dir/base_model).")
 
     p = sub.add_parser("eval", help="Success per task type with 95%% confidence intervals.")
-    p.add_argument("run_dir", type=Path)
+    p.add_argument("run_dir", type=Path, help="A run folder of `empg train` or `empg sft` (uses its config.yaml).")
     p.add_argument("--split", default="eval_in", choices=["train", "eval_in", "eval_out"])
     p.add_argument("--episodes", type=int, default=None, help="Episodes (default: the run's eval.episodes).")
     p.add_argument("--checkpoint", type=Path, default=None, help="A checkpoint or model dir (default: the latest).")
     p.add_argument("--greedy", action="store_true", help="Greedy decoding instead of eval.temperature.")
 
     p = sub.add_parser("plot", help="Learning curves, step-entropy histograms and EMPG g/f plots as PNG.")
-    p.add_argument("run_dirs", type=Path, nargs="+")
+    p.add_argument("run_dirs", type=Path, nargs="+", help="Run folders of `empg train`; several are overlaid.")
     p.add_argument("--out", type=Path, default=None, help="Output folder (default: FIRST_RUN/plots).")
 
     p = sub.add_parser("envs", help="List the registered environments, or play one in the terminal.")
