@@ -11,7 +11,7 @@ import torch
 import torch.multiprocessing as mp
 
 from empg.rollout.types import StepRecord, TrajectorySummary
-from empg.train import rl
+from empg.train import advantage, rl
 from empg.train.config import TrainConfig
 from empg.train.distributed import (
     DistInfo,
@@ -104,7 +104,7 @@ def one_update(steps, trajs, info: DistInfo, sharding: str = "ddp") -> dict:
     batch = StepBatch.from_records(steps, pad_id=0)
     rl.score_phase(run, batch, 0)
     adv, adv_metrics = global_step_advantages(cfg, batch, steps, trajs, 0, info)
-    batch.advantages = rl.to_tokens(adv, batch.response_mask)
+    batch.advantages = advantage.to_tokens(adv, batch.response_mask)
     out = {}
     if sharding == "fsdp":  # rank 0 has 2 groups, rank 1 one: unequal micro-batch counts, padded to lock-step
         metrics = rl.update_phase(run, batch, None, 0, fsdp.fsdp_reducer(info))

@@ -208,7 +208,8 @@ class _StepView:
 
 
 def global_step_advantages(cfg: Any, batch: Any, steps: list, trajs: list, it: int, info: DistInfo) -> tuple:
-    """Per-step advantages (S_local,) of this rank's rows, computed by ``rl.advantage_phase`` on all ranks' steps.
+    """Per-step advantages (S_local,) of this rank's rows, computed by :func:`empg.train.advantage.advantage_phase`
+    on all ranks' steps.
 
     Args:
         cfg: the :class:`~empg.train.config.TrainConfig`.
