@@ -52,7 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RUN_DIR",
         help="Continue the run in RUN_DIR from its latest checkpoint (its config.yaml; overrides apply).",
     )
-    _train_parser(sub, "sft", "Behaviour cloning on expert demonstrations only (saves run_dir/base_model).")
+    p = _train_parser(sub, "sft", "Behaviour cloning on expert demonstrations only (saves run_dir/base_model).")
+    p.add_argument(
+        "--export",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="Also write the SFT model to DIR as a warm start (model files + manifest.json with their sha256 and "
+        "this command), usable as model.init=DIR; src/empg/warmstarts/NAME ships it as model.init=NAME.",
+    )
 
     p = sub.add_parser("eval", help="Success per task type with 95%% confidence intervals.")
     p.add_argument("run_dir", type=Path, help="A run folder of `empg train` or `empg sft` (uses its config.yaml).")
@@ -147,7 +155,11 @@ def _cmd_train(args: argparse.Namespace, console: Console) -> int:
 def _cmd_sft(args: argparse.Namespace, console: Console) -> int:
     from empg.train.sft import run_sft_command
 
-    run_sft_command(load_config(args.config, ["sft.enabled=true", *args.overrides]), console=console)
+    cfg = load_config(args.config, [*args.overrides, "sft.enabled=true", "model.init=null"])  # SFT from model.spec
+    command = " ".join(["empg sft", *(["--config", str(args.config)] if args.config else []), *args.overrides])
+    if args.export is not None:
+        command += f" --export {args.export}"
+    run_sft_command(cfg, console=console, export=args.export, command=command)
     return 0
 
 

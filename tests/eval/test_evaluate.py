@@ -54,13 +54,15 @@ def test_evaluate_with_config_passes_every_run_setting(monkeypatch):
         None,
         [
             "env.id=household-v0", "env.max_turns=7", "env.train_pool=2", "env.kwargs={scene_size: small}",
-            "rollout.max_new_tokens=12", "rollout.history=1", "eval.temperature=0.7",
+            "rollout.max_new_tokens=12", "rollout.history=1", "eval.temperature=0.7", "rollout.constrain_actions=true",
+            "rollout.constrain_scope=response",
         ],
     )  # fmt: skip
     ev.evaluate_with_config("P", cfg, "train", 3, seed=5)
     ev.evaluate_with_config("P", cfg, "eval_in", 4, seed=6, greedy=True)
     settings = dict(temperature=0.7, max_new_tokens=12, max_turns=7, history=1,
-                    env_kwargs={"scene_size": "small"}, train_pool=2)  # fmt: skip
+                    env_kwargs={"scene_size": "small"}, train_pool=2, constrain_actions=True,
+                    constrain_scope="response")  # fmt: skip
     assert calls == [
         (("P", "household-v0", "train", 3), dict(settings, greedy=False, seed=5)),
         (("P", "household-v0", "eval_in", 4), dict(settings, greedy=True, seed=6)),

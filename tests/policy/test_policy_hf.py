@@ -26,7 +26,7 @@ def test_chat_prompt_ids_golden(tiny):
 
 def test_generate_shapes_determinism_and_recorded_logprobs_match_score(tiny):
     prompts = _prompts(tiny)
-    kw = dict(temperature=0.7, top_p=0.9, max_new_tokens=12)
+    kw = dict(temperature=0.7, max_new_tokens=12)
     a = tiny.generate(prompts, generator=torch.Generator().manual_seed(3), **kw)
     b = tiny.generate(prompts, generator=torch.Generator().manual_seed(3), **kw)
     assert [g.response_ids for g in a] == [g.response_ids for g in b]
@@ -155,6 +155,24 @@ def test_pick_greedy_logprob_and_entropy_property(logits, temperature):
     assert x[0, tok.item()] >= x.max() - 1e-5  # argmax up to float32 ties
     assert abs(lp.item() - float(torch.log(p[0, tok.item()]))) < 1e-6
     assert 0 <= ent.item() <= torch.log(torch.tensor(float(len(logits)))).item() + 1e-6
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(-6, 6), min_size=3, max_size=8), st.floats(0.2, 0.95), st.floats(0.3, 2.0),
+       st.integers(0, 1000))  # fmt: skip
+def test_top_p_records_the_renormalised_nucleus_property(logits, top_p, temperature, seed):
+    """With top_p < 1 the recorded log-prob and entropy are those of the truncated, renormalised distribution that
+    was sampled from, not of the full softmax."""
+    x = torch.tensor([logits])
+    tok, lp, ent = _pick(x, temperature, top_p, False, torch.Generator().manual_seed(seed))
+    p = torch.softmax(x[0] / temperature, -1)
+    order = p.argsort(descending=True)
+    before = torch.cumsum(p[order], 0) - p[order]
+    nucleus = order[before < top_p]  # the smallest prefix whose mass reaches top_p
+    assert int(tok) in nucleus.tolist()
+    q = p[nucleus] / p[nucleus].sum()
+    torch.testing.assert_close(lp[0], torch.log(q[nucleus.tolist().index(int(tok))]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(ent[0], -(q * q.log()).sum(), atol=1e-5, rtol=0)
 
 
 def test_generation_stops_at_action_after_overfitting(tiny):

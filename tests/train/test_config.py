@@ -89,7 +89,11 @@ def test_unknown_key_in_yaml(tmp_path):
         ("rollout.env_workers=-1", "rollout.env_workers", ">= 0"),
         ("model.backend=tpu", "model.backend", "hf, vllm"),
         ("sft.noise=1", "sft.noise", "[0, 1)"),
-        ("sft.schedule=linear", "sft.schedule", "constant, cosine"),
+        ("sft.schedule=exponential", "sft.schedule", "constant, cosine, linear"),
+        ("optim.schedule=step", "optim.schedule", "constant, cosine, linear"),
+        ("optim.warmup_steps=-1", "optim.warmup_steps", ">= 0"),
+        ("rollout.top_p=0.9", "rollout.top_p", "truncated distribution"),
+        ("model.init=no-such-warmstart", "model.init", "no warm start"),
         ("sft.warmup_steps=-5", "sft.warmup_steps", ">= 0"),
     ],
 )

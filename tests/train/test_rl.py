@@ -141,9 +141,22 @@ def test_nan_logits_are_caught_in_scoring(tmp_path, tiny_model_dir, monkeypatch,
         return torch.where(batch.response_mask != 0, torch.full_like(logp, float("nan")), logp), ent
 
     monkeypatch.setattr(hf, "response_logprobs", nan_logits)
-    cfg = load_config(None, fast(tmp_path / "run", tiny_model_dir))
+    cfg = load_config(None, fast(tmp_path / "run", tiny_model_dir, "rollout.rescore=true", "algo.kl_coef=0"))
     with pytest.raises(NonFiniteError, match=r"iteration 0: .* behaviour log-probs"):
         rl.train(cfg)
+
+
+def test_nan_logits_are_caught_while_generating(tmp_path, tiny_model_dir, monkeypatch, fast):
+    """Without a scoring pass (the default: behaviour log-probs recorded while sampling) NaN logits stop the run at
+    the rollout, naming the iteration and the logits, before any update or checkpoint."""
+    import empg.policy.hf as hf
+
+    real = hf._pick
+    monkeypatch.setattr(hf, "_pick", lambda logits, *a, **k: real(logits * float("nan"), *a, **k))
+    cfg = load_config(None, fast(tmp_path / "run", tiny_model_dir, "eval.at_start=false"))
+    with pytest.raises(NonFiniteError, match=r"iteration 0: .* logits while generating"):
+        rl.train(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_reference_model_only_with_kl(tmp_path, tiny_model_dir, fast):

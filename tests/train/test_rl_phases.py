@@ -271,7 +271,9 @@ def test_scoring_fills_entropies_and_renyi2(tmp_path, tiny_model_dir, fast):
 def test_update_raises_positive_and_lowers_negative_advantage_responses(tmp_path, tiny_model_dir, fast):
     """The direction of learning: after one PPO step, every response pushed up (A = +1) is more likely than
     before on average and every response pushed down (A = -1) less likely, by the update of this very code."""
-    cfg = load_config(None, fast(tmp_path / "run", tiny_model_dir, "algo.kl_coef=0", "optim.lr=1e-3"))
+    cfg = load_config(
+        None, fast(tmp_path / "run", tiny_model_dir, "algo.kl_coef=0", "optim.lr=1e-3", "rollout.rescore=true")
+    )  # rescore: score_phase recomputes the log-probs with the updated model (here the measuring instrument)
     run = rl.setup_run(cfg)
     steps, _, _ = rl.rollout_phase(run, 0)
     batch = rl.pack_steps(run.policy, steps)
@@ -300,3 +302,20 @@ def test_step_entropy_modes_train(mode, tmp_path, tiny_model_dir, fast):
     )
     row = rl.train(cfg)[-1]
     assert row["empg/g_mean"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_overlong_punishment_shapes_the_return_per_step():
+    """max_new_tokens 16, buffer 4: steps of 12 or fewer tokens cost nothing, 14 tokens -0.5, 16 tokens -1 (x 2)."""
+    from dataclasses import replace
+
+    cfg = load_config(None, ["rollout.max_new_tokens=16", "algo.overlong_buffer=4", "algo.overlong_penalty=2",
+                             "algo.invalid_penalty=0"])  # fmt: skip
+    trajs = [
+        replace(_traj(0, 0, 1, 0, 2), response_lengths=(12, 14)),
+        replace(_traj(1, 0, 0, 0, 2), response_lengths=(16, 3)),
+        _traj(2, 0, 0, 0, 0),  # no steps recorded: no shaping
+    ]
+    returns, _ = advantage.episode_returns(cfg, trajs)
+    assert returns.tolist() == pytest.approx([10.0 - 2 * 0.5, 0.0 - 2 * 1.0, 0.0])
+    off, _ = advantage.episode_returns(load_config(None, ["algo.invalid_penalty=0"]), trajs)
+    assert off.tolist() == [10.0, 0.0, 0.0]

@@ -194,14 +194,17 @@ def test_invalid_variant_golden():
 
 
 def test_lr_schedule_factors():
-    from empg.train.sft import lr_factor
+    from empg.train.schedule import lr_factor
 
     assert [lr_factor(i, 4, "constant", 2) for i in range(4)] == [0.5, 1.0, 1.0, 1.0]
     # cosine over the 4 steps after a 1-step warm-up: 0.5 (1 + cos(pi j / 3)), j = 0..3
     assert [round(lr_factor(i, 5, "cosine", 1), 6) for i in range(5)] == [1.0, 1.0, 0.75, 0.25, 0.0]
+    # linear: 1 - j / 3 after the warm-up
+    assert [round(lr_factor(i, 5, "linear", 1), 6) for i in range(5)] == [1.0, 1.0, 0.666667, 0.333333, 0.0]
     assert lr_factor(0, 1, "cosine") == 1.0  # a single step is not decayed to 0
+    assert lr_factor(9, 5, "linear", 1) == 0.0  # past the plan: the last value
     with pytest.raises(ValueError, match="schedule"):
-        lr_factor(3, 5, "linear")
+        lr_factor(3, 5, "exponential")
 
 
 def _scripted_records(seed, max_turns, detour_every=3):

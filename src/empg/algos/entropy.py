@@ -22,6 +22,7 @@ __all__ = [
     "token_renyi2",
     "token_logprobs",
     "logprobs_and_entropy",
+    "masked_logprobs_and_entropy",
     "step_entropy",
     "broadcast_to_tokens",
 ]
@@ -160,6 +161,50 @@ def logprobs_and_entropy(
     logp = (torch.cat(logps) if logps else empty).reshape(lead)
     ent = (torch.cat(ents) if ents else empty).reshape(lead) if with_entropy else None
     return logp, ent
+
+
+def masked_logprobs_and_entropy(
+    logits: Tensor,
+    labels: Tensor,
+    allowed: Tensor,
+    *,
+    temperature: float = 1.0,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Log-probs and entropies under softmax(logits / temperature) **restricted to an allowed set** per position.
+
+    The constrained-decoding distribution (:mod:`empg.policy.constrain`): ``p(a) = exp(z_a) / Σ_{b ∈ A} exp(z_b)`` for
+    ``a ∈ A``, 0 elsewhere. Positions with no allowed set (all ``-1``) are not constrained: their outputs are 0 and
+    ``constrained`` is False there, so callers select the full-softmax values with ``torch.where``. Finite (and with
+    finite gradients) everywhere, also at unconstrained positions.
+
+    Args:
+        logits: (..., V).
+        labels: (...) token ids (at constrained positions they must be in the allowed set).
+        allowed: (..., K) long, the allowed token ids of each position padded with -1 (K >= 1).
+        temperature: divides the logits.
+
+    Returns:
+        (logp (...) float32, entropy (...) float32, constrained (...) bool).
+    """
+    _check(logits, temperature, 1)
+    _check_labels(logits, labels)
+    if allowed.shape[:-1] != labels.shape or allowed.shape[-1] < 1:
+        raise ValueError(f"allowed {tuple(allowed.shape)} must be the labels' shape {tuple(labels.shape)} + (K,)")
+    valid = allowed >= 0  # (..., K)
+    constrained = valid.any(-1)  # (...)
+    # unconstrained positions get the one-element set {label}: finite values and gradients, discarded by the caller
+    first = torch.zeros_like(valid)
+    first[..., 0] = True
+    ids = torch.where(valid, allowed, torch.where(first, labels.clamp_min(0).unsqueeze(-1), 0))
+    keep = valid | (first & ~constrained.unsqueeze(-1))
+    z = _scaled(logits.gather(-1, ids), temperature).masked_fill(~keep, float("-inf"))  # (..., K)
+    logz = torch.log_softmax(z, dim=-1)
+    logz = torch.where(keep, logz, torch.zeros_like(logz))  # no -inf left: products and their gradients stay finite
+    hit = (ids == labels.unsqueeze(-1)) & keep
+    lp = torch.where(hit, logz, torch.zeros_like(logz)).sum(-1)
+    ent = -(torch.where(keep, logz.exp(), torch.zeros_like(logz)) * logz).sum(-1)
+    zero = torch.zeros_like(lp)
+    return torch.where(constrained, lp, zero), torch.where(constrained, ent, zero), constrained
 
 
 def step_entropy(token_values: Tensor, mask: Tensor, *, mode: str = "mean", weights: Tensor | None = None) -> Tensor:

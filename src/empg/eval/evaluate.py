@@ -39,6 +39,7 @@ class EvalReport:
         key = metric_key(self.split)
         out = {
             f"{key}/success": self.success,
+            f"{key}/episodes": float(self.episodes),
             f"{key}/ep_len": self.mean_length,
             f"{key}/invalid_rate": self.invalid_rate,
         }
@@ -94,6 +95,8 @@ def evaluate_policy(
     seed: int = 0,
     env_kwargs: dict | None = None,
     train_pool: int | None = None,
+    constrain_actions: bool = False,
+    constrain_scope: str = "action",
 ) -> EvalReport:
     """Play the first ``episodes`` seeds of ``split`` once each and tabulate success (:func:`eval_seeds`).
 
@@ -106,6 +109,8 @@ def evaluate_policy(
         seed: seeds the sampling generator (the same seed gives the same evaluation).
         env_kwargs: extra env constructor arguments.
         train_pool: the run's RL task pool (``env.train_pool``): a ``train`` evaluation plays only its tasks.
+        constrain_actions, constrain_scope: decode actions under the admissible-action trie
+            (``rollout.constrain_actions``, ``rollout.constrain_scope``).
     """
     from empg.rollout import collect
 
@@ -126,6 +131,8 @@ def evaluate_policy(
         record_behaviour=False,
         generator=generator,
         env_kwargs=env_kwargs,
+        constrain_actions=constrain_actions,
+        constrain_scope=constrain_scope,
     )
     trajs = [t for t in result.trajectories if not t.failed]
     table = success_table([t.task_type for t in trajs], [t.success for t in trajs])
@@ -160,6 +167,8 @@ def evaluate_with_config(
         seed=seed,
         env_kwargs=cfg.env.kwargs,
         train_pool=cfg.env.train_pool,
+        constrain_actions=cfg.rollout.constrain_actions,
+        constrain_scope=cfg.rollout.constrain_scope,
     )
 
 
@@ -213,7 +222,7 @@ def evaluate_run(
 
     cfg = load_run_config(run_dir)
     model_dir = resolve_model_dir(run_dir, checkpoint)
-    policy = Policy.load(model_dir)
+    policy = Policy.load(model_dir, dtype=getattr(torch, cfg.model.dtype))
     report = evaluate_with_config(policy, cfg, split, episodes or cfg.eval.episodes, seed=cfg.seed, greedy=greedy)
     path = save_report(report, Path(run_dir) / "eval" / f"{split}_{model_dir.name}.json")
     return report, path

@@ -11,14 +11,16 @@ Ways to get a :class:`Policy` (:meth:`Policy.from_spec`), all offline:
 
 Generation (:meth:`Policy.generate`) is our own sampling loop over the HF model with a KV cache and left padding: it
 stops each row at ``</action>`` or EOS, and **records the behaviour log-prob and entropy of every sampled token** from
-the full softmax at the rollout temperature (top-p only restricts what is sampled; it does not renormalise the
-recorded quantities). These are exactly what :func:`response_logprobs` recomputes in one forward pass (tested to
-1e-4), which is what the trainer does before the update, as verl does.
+the distribution it was sampled from: the softmax at the rollout temperature, restricted to the admissible tokens in a
+constrained action span (:mod:`empg.policy.constrain`), truncated to the nucleus and renormalised when ``top_p < 1``.
+Without top-p these are exactly what :func:`response_logprobs` recomputes in one forward pass, constrained positions
+included (tested to 1e-5), so the trainer can use them as the behaviour policy instead of a second forward.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from empg.algos.entropy import logprobs_and_entropy, token_logprobs
+from empg.algos.entropy import logprobs_and_entropy, masked_logprobs_and_entropy, token_logprobs
+from empg.policy.constrain import ActionConstraint, TokenTrie
 from empg.rollout.prompts import STOP_STRING
 from empg.train.batch import StepBatch, pack
 
@@ -50,7 +53,13 @@ class Generation:
         text: decoded response (special tokens skipped).
         logprobs: per token log π(token | context) at the sampling temperature, full softmax (None if not recorded).
         entropies: per token entropy of that distribution (None if not recorded).
-        finish_reason: ``"stop"`` (the stop string), ``"eos"`` or ``"length"`` (``max_new_tokens`` reached).
+        finish_reason: ``"stop"`` (the stop string, or the end of a constrained choice), ``"eos"`` or ``"length"``
+            (``max_new_tokens`` reached in free text).
+        allowed_ids: with a constraint, per token the ids it was restricted to (``[]`` for a free-text token);
+            None without a constraint.
+        constrained: True when the response's action span was decoded under its constraint, False when a
+            constraint was asked for but not applied (no choices, or the opening tag never came), None when none
+            was asked for.
     """
 
     response_ids: list[int]
@@ -58,6 +67,8 @@ class Generation:
     logprobs: list[float] | None = None
     entropies: list[float] | None = None
     finish_reason: str = "length"
+    allowed_ids: list[list[int]] | None = None
+    constrained: bool | None = None
 
 
 class Policy:
@@ -156,6 +167,7 @@ class Policy:
         generator: torch.Generator | None = None,
         stop: str | None = STOP_STRING,
         record: bool = True,
+        constraints: Sequence[ActionConstraint | None] | None = None,
     ) -> list[Generation]:
         """Sample one response per prompt, decoding all prompts as one left-padded batch with a KV cache (prefill: see
         :func:`_prefill`).
@@ -168,14 +180,23 @@ class Policy:
             greedy: argmax decoding (log-probs still recorded at ``temperature``).
             generator: torch generator for reproducible sampling (CPU generators work with any device).
             stop: stop each row once its decoded response contains this string (None: only EOS/length).
-            record: record per-token log-probs and entropies.
+            record: record per-token log-probs and entropies (of the distribution sampled from: restricted to
+                the allowed tokens at constrained positions, truncated to the nucleus and renormalised when
+                ``top_p < 1``).
+            constraints: per prompt an :class:`~empg.policy.constrain.ActionConstraint` or None: after its opening
+                tag the row may only emit one of its choices (token trie), and ends when a choice is complete. The
+                constrained span is not counted against ``max_new_tokens``; a row that reaches ``max_new_tokens``
+                in free text gets the opening tag forced (log-prob 0) and then chooses.
         """
         _check_sampling(temperature, top_p, max_new_tokens)
         if not prompt_ids:
             return []
         if any(len(p) == 0 for p in prompt_ids):
             raise ValueError("every prompt needs at least one token")
-        return _sample_loop(self, prompt_ids, temperature, top_p, max_new_tokens, greedy, generator, stop, record)
+        if constraints is not None and len(constraints) != len(prompt_ids):
+            raise ValueError(f"need one constraint (or None) per prompt, got {len(constraints)} for {len(prompt_ids)}")
+        rows = [_RowState.start(self.tokenizer, c) for c in (constraints or [None] * len(prompt_ids))]
+        return _sample_loop(self, prompt_ids, temperature, top_p, max_new_tokens, greedy, generator, stop, record, rows)
 
     # ------------------------------------------------------------------ scoring
     @torch.no_grad()
@@ -242,6 +263,11 @@ def response_logprobs(
         )
     else:
         lp, ent = token_logprobs(logits, labels, temperature=temperature, chunk_size=chunk_size), None
+    if batch.allowed is not None:  # constrained action spans: the distribution restricted to the allowed tokens
+        allowed = batch.allowed[:, P:hi].to(logits.device)  # (B, R', K)
+        lp_c, ent_c, constrained = masked_logprobs_and_entropy(logits, labels, allowed, temperature=temperature)
+        lp = torch.where(constrained, lp_c, lp)
+        ent = torch.where(constrained, ent_c, ent) if ent is not None else None
     pad, tail = lp.new_zeros((B, P)), lp.new_zeros((B, L - hi))
     logp = torch.cat([pad, torch.where(mask != 0, lp, torch.zeros_like(lp)), tail], dim=1)
     if ent is None:
@@ -301,15 +327,23 @@ def _left_pad(prompt_ids: list[list[int]], pad_id: int, device) -> tuple[Tensor,
     return ids.to(device), attn.to(device)
 
 
-def _pick(logits: Tensor, temperature: float, top_p: float, greedy: bool, generator) -> tuple[Tensor, Tensor, Tensor]:
-    """Next tokens (B,), their log-probs (B,) and the entropies (B,) at ``temperature`` (full softmax)."""
-    logz = torch.log_softmax(logits.float() / temperature, dim=-1)  # (B, V)
+def _pick(
+    logits: Tensor, temperature: float, top_p: float, greedy: bool, generator, allowed: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Next tokens (B,), their log-probs (B,) and entropies (B,) **of the distribution sampled from**:
+    softmax(logits / temperature), restricted to ``allowed`` (B, V) bool where given (constrained decoding), then
+    truncated to the top-``top_p`` nucleus when ``top_p < 1``, and renormalised."""
+    if not bool(torch.isfinite(logits).all()):
+        raise FloatingPointError("non-finite value(s) (NaN/inf) in the policy's logits while generating")
+    z = logits.float() / temperature  # (B, V)
+    if allowed is not None:
+        z = z.masked_fill(~allowed, float("-inf"))
+    if top_p < 1.0:
+        z = z.masked_fill(_top_p(torch.softmax(z, dim=-1), top_p) == 0, float("-inf"))
+    logz = torch.log_softmax(z, dim=-1)
     probs = logz.exp()
-    entropy = -(probs * logz).sum(-1)
-    if greedy:
-        tokens = logz.argmax(-1)
-    else:
-        tokens = _sample(_top_p(probs, top_p) if top_p < 1.0 else probs, generator)
+    entropy = torch.special.entr(probs).sum(-1)  # entr(0) = 0 for the excluded tokens
+    tokens = logz.argmax(-1) if greedy else _sample(probs, generator)
     return tokens, logz.gather(-1, tokens[:, None]).squeeze(-1), entropy
 
 
@@ -414,9 +448,71 @@ def _cache_arg(model: Any) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def _sample_loop(policy, prompt_ids, temperature, top_p, max_new_tokens, greedy, generator, stop, record):
+@dataclass
+class _RowState:
+    """Constrained-decoding state of one row: its trie (None: no constraint), the current node once the opening
+    tag has been emitted (None while in free text), and the allowed ids recorded per token."""
+
+    trie: TokenTrie | None = None
+    open_tag: str = ""
+    node: dict | None = None
+    allowed: list[list[int]] | None = None
+    entered: bool = False
+    forced_open: dict | None = None  # the opening tag's tokens as a chain of single-child nodes ending at the root
+
+    @classmethod
+    def start(cls, tokenizer: Any, constraint: ActionConstraint | None) -> _RowState:
+        if constraint is None:
+            return cls()
+        trie = TokenTrie.build(tokenizer, constraint.choices)
+        now = bool(trie) and not constraint.open_tag  # no opening tag: the whole response is one choice
+        chain: dict | None = None
+        if trie and constraint.open_tag:
+            chain = trie.root
+            for token in reversed(tokenizer.encode(constraint.open_tag, add_special_tokens=False)):
+                chain = {int(token): chain}
+        return cls(trie, constraint.open_tag, trie.root if now else None, [], now, chain)
+
+    def force_open(self) -> bool:
+        """Free text ended (budget spent, EOS or the stop string) without the opening tag: force the tag's tokens
+        (each the only allowed token, so log-prob 0 under the masked distribution) and then a choice. False when
+        there is nothing to force (no constraint, no choices, or already inside or past the choice)."""
+        if self.node is not None or self.forced_open is None or self.entered:
+            return False
+        self.node, self.entered = self.forced_open, True
+        return True
+
+    def advance(self, token: int, tail: str) -> bool:
+        """Record ``token`` (just emitted, decoded tail ``tail``); True when it completed a constrained choice."""
+        if self.allowed is None:
+            return False
+        if self.node is not None:
+            self.allowed.append(sorted(self.node))
+            self.node = self.node[token]
+            return not self.node
+        self.allowed.append([])
+        if self.trie and tail.endswith(self.open_tag):
+            self.node, self.entered = self.trie.root, True
+        return False
+
+
+def _allowed_mask(states: list[_RowState], rows: list[int], vocab: int, device) -> Tensor | None:
+    """(b, V) bool mask of the live rows' allowed next tokens (all True for free rows); None when no row is
+    constrained now."""
+    live = [(j, states[i].node) for j, i in enumerate(rows) if states[i].node is not None]
+    if not live:
+        return None
+    mask = torch.ones((len(rows), vocab), dtype=torch.bool)
+    for j, node in live:
+        mask[j] = False
+        mask[j, list(node)] = True
+    return mask.to(device)
+
+
+def _sample_loop(policy, prompt_ids, temperature, top_p, max_new_tokens, greedy, generator, stop, record, states):
     model, tok = policy.model, policy.tokenizer
-    past, logits, attn, next_pos = _prefill(model, prompt_ids, policy.pad_id, policy.device, room=max_new_tokens)
+    room = max_new_tokens + max((s.trie.depth + 8 for s in states if s.trie is not None), default=0)  # + the tag
+    past, logits, attn, next_pos = _prefill(model, prompt_ids, policy.pad_id, policy.device, room=room)
     cache_arg = _cache_arg(model)  # once, not per token
     B = len(prompt_ids)
     eos = tok.eos_token_id
@@ -425,8 +521,9 @@ def _sample_loop(policy, prompt_ids, temperature, top_p, max_new_tokens, greedy,
     lps: list[list[float]] = [[] for _ in range(B)]
     ents: list[list[float]] = [[] for _ in range(B)]
     reason = ["length"] * B
-    for t in range(max_new_tokens):
-        tokens, lp, ent = _pick(logits, temperature, top_p, greedy, generator)
+    while True:
+        allowed = _allowed_mask(states, rows, logits.shape[-1], logits.device)
+        tokens, lp, ent = _pick(logits, temperature, top_p, greedy, generator, allowed)
         tl, lpl, el = tokens.tolist(), lp.tolist(), ent.tolist()
         keep: list[int] = []
         for j, i in enumerate(rows):
@@ -434,13 +531,20 @@ def _sample_loop(policy, prompt_ids, temperature, top_p, max_new_tokens, greedy,
             if record:
                 lps[i].append(lpl[j])
                 ents[i].append(el[j])
-            if eos is not None and tl[j] == eos:
-                reason[i] = "eos"
-            elif stop and stop in tok.decode(resp[i][-STOP_TAIL_TOKENS:]):
-                reason[i] = "stop"
+            in_choice = states[i].node is not None
+            tail = "" if in_choice else tok.decode(resp[i][-STOP_TAIL_TOKENS:])
+            if states[i].advance(tl[j], tail):
+                reason[i] = "stop"  # a constrained choice (closing tag included) is complete
+            elif in_choice:
+                keep.append(j)
+            elif (eos is not None and tl[j] == eos) or (stop and stop in tail) or len(resp[i]) >= max_new_tokens:
+                if states[i].node is None and not states[i].force_open():  # a constrained row always gets its action
+                    reason[i] = "eos" if tl[j] == eos else "stop" if stop and stop in tail else "length"
+                else:
+                    keep.append(j)
             else:
                 keep.append(j)
-        if not keep or t == max_new_tokens - 1:
+        if not keep:
             break
         if len(keep) < len(rows):  # drop finished rows from the batch and the cache
             sel = torch.tensor(keep, device=tokens.device)
@@ -458,6 +562,8 @@ def _sample_loop(policy, prompt_ids, temperature, top_p, max_new_tokens, greedy,
             logprobs=lps[i] if record else None,
             entropies=ents[i] if record else None,
             finish_reason=reason[i],
+            allowed_ids=states[i].allowed,
+            constrained=None if states[i].allowed is None else states[i].entered,
         )
         for i in range(B)
     ]

@@ -25,6 +25,7 @@ left-padded batch with the KV cache (:meth:`empg.policy.Policy.generate`), parse
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from typing import Any
 
 import torch
 
+from empg.policy.constrain import ActionConstraint
 from empg.rollout import prompts
 from empg.rollout.types import RolloutResult, StepRecord, TrajectorySummary
 
@@ -72,6 +74,8 @@ def collect(
     generator: torch.Generator | None = None,
     env_kwargs: dict | None = None,
     progress: Callable[[int, int], None] | None = None,
+    constrain_actions: bool = False,
+    constrain_scope: str = "action",
 ) -> RolloutResult:
     """Roll out ``group_size`` copies of each task ``seeds[g]`` (group ``g``) in lock-step.
 
@@ -91,6 +95,11 @@ def collect(
         generator: torch generator for sampling.
         env_kwargs: extra env constructor arguments.
         progress: optional ``progress(turn, n_live)`` callback, called before each turn's generation.
+        constrain_actions: decode each action span as one of the step's admissible actions (token trie,
+            :mod:`empg.policy.constrain`); a step whose env lists none falls back to free text and is counted in
+            ``stats["unconstrained_steps"]``.
+        constrain_scope: ``"action"`` (the span after ``<action>``) or ``"response"`` (the whole response is one of
+            the admissible actions' templated expert responses, thought included: :func:`action_constraint`).
     """
     from empg.envs import make
 
@@ -118,6 +127,8 @@ def collect(
             record_behaviour=record_behaviour,
             generator=generator,
             progress=progress,
+            constrain_actions=constrain_actions,
+            constrain_scope=constrain_scope,
         )
     finally:
         for env in envs:
@@ -140,6 +151,8 @@ def collect_with_envs(
     record_behaviour: bool = True,
     generator: torch.Generator | None = None,
     progress: Callable[[int, int], None] | None = None,
+    constrain_actions: bool = False,
+    constrain_scope: str = "action",
 ) -> RolloutResult:
     """Lock-step rollout over caller-built envs (one trajectory per env; ``envs[i]`` is reset with ``seeds[i]``).
 
@@ -155,7 +168,7 @@ def collect_with_envs(
         _Traj(env, int(s), int(g), i, env_id or str(getattr(env, "env_id", "env")))
         for i, (env, s, g) in enumerate(zip(envs, seeds, group_ids, strict=True))
     ]
-    stats = {"time/generate": 0.0, "time/env": 0.0, "tokens": 0, "env_steps": 0, "turns": 0}
+    stats = {"time/generate": 0.0, "time/env": 0.0, "tokens": 0, "env_steps": 0, "turns": 0, "unconstrained_steps": 0}
     t0 = time.perf_counter()
     for tr in trajs:
         _reset(tr)
@@ -174,7 +187,9 @@ def collect_with_envs(
             greedy=greedy,
             generator=generator,
             record=record_behaviour,
+            **({"constraints": [_constraint(tr, constrain_scope) for tr in live]} if constrain_actions else {}),
         )
+        stats["unconstrained_steps"] += sum(getattr(g, "constrained", None) is False for g in gens)
         stats["time/generate"] += time.perf_counter() - t0
         stats["tokens"] += sum(len(g.response_ids) for g in gens)
         t0 = time.perf_counter()
@@ -269,12 +284,43 @@ def _advance(tr: _Traj, prompt_ids: list[int], gen: Any, action: str | None, tok
             token_entropies=gen.entropies,
             action_token_mask=action_token_mask(tokenizer, gen.response_ids),
             state_key=state_key(tr.obs, tr.info.get("admissible_actions")),
+            allowed_ids=getattr(gen, "allowed_ids", None),
+            constrained=getattr(gen, "constrained", None),
         )
     )
     history_action = action if action is not None else " ".join(gen.text.split())[:HISTORY_ACTION_CHARS]
     tr.past.append((tr.obs, history_action))
     tr.obs, tr.info = obs, info
     tr.done = is_last
+
+
+CONSTRAIN_SCOPES = ("action", "response")
+_PLACEHOLDER = re.compile(r"<[^<>]+>")  # an admissible "action" that is a template, e.g. shop's search[<query>]
+
+
+def action_constraint(info: dict, scope: str = "action", family: str = "generic") -> ActionConstraint:
+    """The step's constraint.
+
+    * ``scope="action"``: free thought, then after ``<action>`` one of the admissible actions and ``</action>``;
+    * ``scope="response"``: the whole response is one of :func:`empg.rollout.prompts.expert_response` of the
+      admissible actions — the templated thought the demonstrations use, then the action — so the thought always
+      names the action that follows (a choice among admissible actions with their descriptions, as in GLAM/TWOSOME).
+
+    No choices (free text for this step, counted by the rollout) when the env lists no admissible action or lists a
+    template with a placeholder (``search[<query>]``) that has to be filled in by the policy.
+    """
+    if scope not in CONSTRAIN_SCOPES:
+        raise ValueError(f"constrain scope {scope!r} is not one of {CONSTRAIN_SCOPES}")
+    admissible = list(info.get("admissible_actions") or ())
+    if any(_PLACEHOLDER.search(a) for a in admissible):
+        admissible = []
+    if scope == "response":
+        return ActionConstraint("", tuple(prompts.expert_response(family, a) for a in admissible))
+    return ActionConstraint(prompts.ACTION_OPEN, tuple(f"{a}{prompts.STOP_STRING}" for a in admissible))
+
+
+def _constraint(tr: _Traj, scope: str) -> ActionConstraint:
+    return action_constraint(tr.info, scope, getattr(tr.env, "family", "generic"))
 
 
 def state_key(obs: str, admissible: Sequence[str] | None) -> int:
@@ -318,6 +364,7 @@ def _summary(tr: _Traj) -> TrajectorySummary:
         n_invalid=sum(not s.valid for s in tr.steps),
         truncated=bool(last.truncated) if last else False,
         failed=tr.failed,
+        response_lengths=tuple(len(s.response_ids) for s in tr.steps),
     )
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 
 ACTION_RE = re.compile(r"<action>(.*?)</action>", re.DOTALL)
+ACTION_OPEN = "<action>"
 STOP_STRING = "</action>"
 MAX_ACTION_CHARS = 300
 

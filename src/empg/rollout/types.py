@@ -43,6 +43,11 @@ class StepRecord:
     # Key of the state the step acted on (observation + admissible actions, hashed to 63 bits; -1 = unknown): steps
     # of one group with the same key are compared by GiGPO's step-level advantage (``empg.algos.anchors``).
     state_key: int = -1
+    # Constrained decoding (rollout.constrain_actions): per response token the ids its distribution was restricted
+    # to ([] = free text); None when the step was not constrained. ``constrained`` is True when the action span was
+    # decoded under the admissible-action trie, False when the step fell back to free text (no admissible actions).
+    allowed_ids: list[list[int]] | None = None
+    constrained: bool | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -61,6 +66,7 @@ class TrajectorySummary:
     n_invalid: int
     truncated: bool
     failed: bool = False  # infrastructure failure (e.g. a dead env worker): excluded from training
+    response_lengths: tuple[int, ...] = ()  # tokens of each step's response, in step order (DAPO overlong shaping)
 
 
 @dataclass

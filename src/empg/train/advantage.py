@@ -12,14 +12,27 @@ from empg.train.metrics import check_finite, stats
 
 
 def episode_returns(cfg: TrainConfig, trajs: list) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-trajectory returns (T,) float64 and group ids (T,) long."""
-    from empg.algos import trajectory_returns
+    """Per-trajectory returns (T,) float64 and group ids (T,) long.
+
+    With ``algo.overlong_buffer`` > 0 (DAPO's soft overlong punishment, per step here), each step whose response is
+    longer than ``rollout.max_new_tokens - overlong_buffer`` tokens adds ``overlong_penalty`` times
+    :func:`empg.algos.overlong_penalty` (in [-1, 0]) to its trajectory's return."""
+    from empg.algos import overlong_penalty, trajectory_returns
 
     outcome = torch.tensor([float(t.outcome) for t in trajs], dtype=torch.float64)
     n_invalid = torch.tensor([float(t.n_invalid) for t in trajs], dtype=torch.float64)
     returns = trajectory_returns(
         outcome, n_invalid, reward_scale=cfg.algo.reward_scale, invalid_penalty=cfg.algo.invalid_penalty
     )
+    if cfg.algo.overlong_buffer > 0:
+        cap, band = cfg.rollout.max_new_tokens, cfg.algo.overlong_buffer
+        shaped = [
+            float(overlong_penalty(torch.tensor(t.response_lengths), max_len=cap, cache_len=band).sum())
+            if t.response_lengths
+            else 0.0
+            for t in trajs
+        ]
+        returns = returns + cfg.algo.overlong_penalty * torch.tensor(shaped, dtype=returns.dtype)
     return returns, torch.tensor([t.group_id for t in trajs], dtype=torch.long)
 
 
@@ -91,6 +104,7 @@ def advantage_phase(cfg: TrainConfig, batch: Any, steps: list, trajs: list, it: 
     metrics.update(_adv_split("after", final, success))
     metrics.update({"adv/mean": float(final.mean()), "adv/min": float(final.min()), "adv/max": float(final.max())})
     metrics["adv/std"] = float(final.std()) if final.numel() > 1 else 0.0
+    metrics["train/zero_adv_frac"] = float((final.abs() < 1e-12).double().mean()) if final.numel() else 1.0
     return final, metrics
 
 

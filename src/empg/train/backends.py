@@ -17,12 +17,22 @@ import torch
 from empg.train.config import TrainConfig
 
 
-def rollout_settings(cfg: TrainConfig, generator: torch.Generator | None, *, record_behaviour: bool = False) -> dict:
+def rescores(cfg: TrainConfig) -> bool:
+    """Whether the trainer recomputes the behaviour log-probs and entropies before the update (``rollout.rescore``,
+    or a generation engine other than the trained model itself) instead of using the ones recorded while sampling."""
+    return cfg.rollout.rescore or cfg.model.backend != "hf"
+
+
+def rollout_settings(
+    cfg: TrainConfig, generator: torch.Generator | None, *, record_behaviour: bool | None = None
+) -> dict:
     """Keyword arguments of :func:`empg.rollout.collect` / ``collect_with_envs`` for training rollouts of ``cfg``.
 
-    ``record_behaviour`` is False by default: the trainer's scoring pass computes the behaviour log-probs and
-    entropies with the trained model (exact even when another engine generated the tokens).
+    ``record_behaviour`` defaults to "when the trainer will not rescore" (:func:`rescores`): the hf back end samples
+    with the very weights the update starts from, so what it records is the behaviour policy.
     """
+    if record_behaviour is None:
+        record_behaviour = not rescores(cfg)
     return {
         "temperature": cfg.rollout.temperature,
         "top_p": cfg.rollout.top_p,
@@ -31,6 +41,8 @@ def rollout_settings(cfg: TrainConfig, generator: torch.Generator | None, *, rec
         "history": cfg.rollout.history,
         "record_behaviour": record_behaviour,
         "generator": generator,
+        "constrain_actions": cfg.rollout.constrain_actions,
+        "constrain_scope": cfg.rollout.constrain_scope,
     }
 
 

@@ -36,6 +36,9 @@ class StepBatch:
         is_last: (B,) bool. The trajectory ended after this step.
         response_start: int. Column ``P`` where every response starts.
         token_renyi2: (B, L) float or None. Optional Rényi-2 entropy per token (filled by the trainer if used).
+        allowed: (B, L, K) long or None. Constrained decoding (:mod:`empg.policy.constrain`): at a response token
+            the ids its distribution was restricted to, padded with -1; all -1 = unconstrained (full softmax).
+            None when no row was constrained.
     """
 
     input_ids: Tensor
@@ -51,6 +54,7 @@ class StepBatch:
     is_last: Tensor
     response_start: int
     token_renyi2: Tensor | None = None
+    allowed: Tensor | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -71,6 +75,7 @@ class StepBatch:
             action_masks=[r.action_token_mask for r in records],
             old_logprobs=[r.old_logprobs for r in records],
             entropies=[r.token_entropies for r in records],
+            allowed=[r.allowed_ids for r in records],
         )
         batch.group_id = torch.tensor([r.group_id for r in records], dtype=torch.long)
         batch.traj_id = torch.tensor([r.traj_id for r in records], dtype=torch.long)
@@ -118,8 +123,12 @@ def pack(
     action_masks: Sequence[Sequence[int] | None] | None = None,
     old_logprobs: Sequence[Sequence[float] | None] | None = None,
     entropies: Sequence[Sequence[float] | None] | None = None,
+    allowed: Sequence[Sequence[Sequence[int]] | None] | None = None,
 ) -> StepBatch:
-    """Pack (prompt, response) token lists into the layout above; ids are ``0..B-1``, ``step_idx`` 0, not last."""
+    """Pack (prompt, response) token lists into the layout above; ids are ``0..B-1``, ``step_idx`` 0, not last.
+
+    ``allowed``: per row None or one list of allowed token ids per response token (``[]`` = unconstrained), packed
+    into ``StepBatch.allowed`` (None when no row has a constrained token)."""
     n = len(prompt_ids)
     if n == 0 or n != len(response_ids):
         raise ValueError(f"need as many prompts as responses (>0), got {n} and {len(response_ids)}")
@@ -148,6 +157,7 @@ def pack(
         _fill(ent, i, P, r, entropies[i] if entropies else None, "token_entropies")
     rows = torch.arange(n, dtype=torch.long)
     return StepBatch(
+        allowed=_pack_allowed(allowed, response_ids, P, L) if allowed else None,
         input_ids=ids,
         attention_mask=attn,
         response_mask=resp,
@@ -169,6 +179,25 @@ def _fill(dst: Tensor, row: int, start: int, response: Sequence[int], values, na
     if len(values) != len(response):
         raise ValueError(f"row {row}: {name} has {len(values)} values for {len(response)} response tokens")
     dst[row, start : start + len(values)] = torch.tensor(list(values), dtype=torch.float32)
+
+
+def _pack_allowed(
+    allowed: Sequence[Sequence[Sequence[int]] | None], response_ids: Sequence[Sequence[int]], P: int, L: int
+) -> Tensor | None:
+    """(B, L, K) long allowed ids, -1 padded, K = the largest allowed set; None when every set is empty."""
+    K = max((len(a) for row in allowed if row for a in row), default=0)
+    if K == 0:
+        return None
+    out = torch.full((len(response_ids), L, K), -1, dtype=torch.long)
+    for i, (row, r) in enumerate(zip(allowed, response_ids, strict=True)):
+        if not row:
+            continue
+        if len(row) != len(r):
+            raise ValueError(f"row {i}: allowed_ids has {len(row)} entries for {len(r)} response tokens")
+        for j, ids in enumerate(row):
+            if ids:
+                out[i, P + j, : len(ids)] = torch.tensor(list(ids), dtype=torch.long)
+    return out
 
 
 def sft_batch(prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]], pad_id: int) -> StepBatch:

@@ -59,9 +59,21 @@ class ModelConfig:
     """The policy model."""
 
     spec: str = _f("tiny-1m", "tiny-1m | tiny-5m | tiny-25m | smollm2-135m | local directory | Hugging Face id.")
+    init: str | None = _f(
+        None,
+        "Start RL from this warm start instead of building model.spec (and running SFT): the name of one shipped in "
+        "the package (household-tiny) or a directory written by `empg sft --export DIR`. Its files are checked "
+        "against the sha256 hashes of its manifest.json before any work; `empg sft` ignores it and rebuilds from "
+        "model.spec and sft.* (the manifest's `rebuild` command). null = build and (if sft.enabled) SFT in the run.",
+    )
     cache_dir: str | None = _f(None, "Where built/converted models are cached (default $EMPG_CACHE or ~/.cache/empg).")
     device: str = _f("cpu", "Torch device: cpu, cuda, cuda:1 ...")
-    dtype: str = _f("float32", "Parameter dtype: float32 | bfloat16 | float16.")
+    dtype: str = _f(
+        "float32",
+        "Parameter dtype everywhere the model is loaded (policy, reference, SFT, evaluation, resume): float32 | "
+        "bfloat16 | float16 (GPU only). With bfloat16 the forward/backward and checkpoints are bf16 and AdamW updates "
+        "fp32 master copies of the weights (empg.train.optim).",
+    )
     backend: str = _f(
         "hf",
         "Rollout generation: hf (the trained model itself) | vllm (a vLLM engine on the GPU, weights synced from the "
@@ -79,6 +91,26 @@ class RolloutConfig:
     top_p: float = _f(1.0, "Nucleus sampling threshold for training rollouts (1.0 = off).")
     max_new_tokens: int = _f(64, "Response cap per step (thought + action), in tokens.")
     history: int = _f(2, "Number of past (observation, action) pairs shown in each step's prompt.")
+    constrain_actions: bool = _f(
+        False,
+        "Constrained decoding (training and evaluation): after <action> the policy may only emit one of the step's "
+        "admissible actions (a token trie; the sampled distribution is the softmax restricted to them, and the "
+        "trainer recomputes log-probs under the same masks), so no action is invalid. Needs an env that lists "
+        "admissible actions; a step with an empty list is decoded as free text and counted "
+        "(train/unconstrained_steps). Precedent: invalid-action masking (Huang & Ontanon 2020), GLAM, TWOSOME.",
+    )
+    constrain_scope: str = _f(
+        "action",
+        "What constrain_actions constrains: action (free thought, then the action span after <action>) | response "
+        "(the whole response is one admissible action's templated expert response, thought included, so the "
+        "thought never names another action than the one taken).",
+    )
+    rescore: bool = _f(
+        False,
+        "Recompute the behaviour log-probs and entropies in a no-grad forward before the update (as verl does) "
+        "instead of using those recorded during generation (equal to ~1e-6 in fp32 on CPU, ~25 % of RL time "
+        "saved). Always on with model.backend=vllm, whose engine does not return entropies.",
+    )
     env_workers: int = _f(
         0,
         "Training envs in this process (0) or in N Ray actors (N > 0; for envs whose steps are slow, see "
@@ -102,7 +134,9 @@ class SFTConfig:
     )
     lr: float = _f(1e-3, "AdamW learning rate for SFT.")
     weight_decay: float = _f(0.0, "AdamW weight decay for SFT.")
-    schedule: str = _f("constant", "SFT learning-rate schedule: constant | cosine (decays to 0 at the last step).")
+    schedule: str = _f(
+        "constant", "SFT learning-rate schedule: constant | cosine | linear (both decay to 0 at the last step)."
+    )
     warmup_steps: int = _f(0, "Linear learning-rate warm-up over the first steps of SFT (both schedules).")
     noise: float = _f(
         0.0,
@@ -174,7 +208,18 @@ class AlgoConfig:
     loss_agg: str = _f("token-mean", "Loss aggregation: token-mean | seq-mean-token-mean | seq-mean-token-sum-norm.")
     kl_coef: float = _f(0.01, "KL-to-reference loss coefficient (k3); 0 = no reference model at all.")
     entropy_coef: float = _f(0.0, "Entropy bonus coefficient (0 = off).")
-    dynamic_sampling: bool | None = _f(None, "Drop groups with all-equal returns and resample; None = on for dapo.")
+    dynamic_sampling: bool | None = _f(
+        None,
+        "Drop groups with all-equal returns (no GRPO signal) and roll out new tasks until n_tasks informative groups "
+        "or max_resample_rounds (DAPO, arXiv 2503.14476); works for grpo too. None = on for dapo only.",
+    )
+    overlong_buffer: int = _f(
+        0,
+        "DAPO soft overlong punishment (arXiv 2503.14476), per step: a response longer than rollout.max_new_tokens "
+        "- overlong_buffer tokens adds overlong_penalty x (a linear ramp from 0 to -1 at max_new_tokens) to its "
+        "trajectory's return. 0 = off (the default for agents, whose step responses are capped anyway).",
+    )
+    overlong_penalty: float = _f(1.0, "Scale of the overlong punishment (return units; see overlong_buffer).")
     max_resample_rounds: int = _f(10, "Dynamic sampling: extra rollout rounds at most before keeping what is there.")
     ppo_epochs: int = _f(1, "Passes over the batch per iteration.")
 
@@ -198,6 +243,23 @@ class OptimConfig:
     """The RL optimizer."""
 
     lr: float = _f(1e-6, "AdamW learning rate for RL.")
+    warmup_steps: int = _f(
+        0,
+        "Linear learning-rate warm-up over the first N optimizer steps of RL (not iterations). Adam's first steps "
+        "move every weight by about lr whatever the gradient's size, so without it iteration 1 tends to have the "
+        "largest approx-KL of a run.",
+    )
+    schedule: str = _f(
+        "constant",
+        "RL learning-rate schedule after the warm-up: constant | cosine | linear, the decays reaching 0 at the "
+        "planned last optimizer step (iterations x ppo_epochs x mini_batches).",
+    )
+    skip_no_signal: bool = _f(
+        False,
+        "Skip the update of an iteration in which no group has mixed outcomes (every group's returns equal): GRPO's "
+        "advantages are then all 0 and only EMPG's outcome-free bonus would move the policy. Logged as "
+        "update/skipped = 1.",
+    )
     weight_decay: float = _f(0.0, "AdamW weight decay for RL.")
     grad_clip: float = _f(1.0, "Global gradient-norm clip (0 = off).")
     micro_batch_size: int = _f(16, "Step rows per forward/backward; gradients accumulate over the whole batch.")
@@ -216,7 +278,16 @@ class EvalConfig:
     """Periodic evaluation on fixed held-out seeds."""
 
     every: int = _f(5, "Evaluate every N iterations (and after the last); 0 = never during training.")
-    episodes: int = _f(32, "Episodes per split (the first N seeds of the split, fixed across the run).")
+    episodes: int = _f(
+        32,
+        "Episodes per split (the first N seeds of the split, fixed across the run) at the first and the last "
+        "evaluation. Every evaluation of a run uses the same sampling seed, so start and end are paired.",
+    )
+    interim_episodes: int = _f(
+        0,
+        "Episodes per split at the evaluations in between (the first N of the same seeds, a cheap curve); "
+        "0 = eval.episodes everywhere.",
+    )
     splits: list[str] = _f(
         ["eval_in", "eval_out"],
         "Splits to evaluate: any of train, eval_in, eval_out. train plays the RL task pool (env.train_pool), cycled "
@@ -265,7 +336,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "algo.loss_agg": ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.backend": ("hf", "vllm"),
-    "sft.schedule": ("constant", "cosine"),
+    "rollout.constrain_scope": ("action", "response"),
+    "sft.schedule": ("constant", "cosine", "linear"),
+    "optim.schedule": ("constant", "cosine", "linear"),
     "optim.sharding": ("ddp", "fsdp"),
 }
 
@@ -307,11 +380,14 @@ def validate(cfg: TrainConfig, *, extras: bool = True) -> TrainConfig:
         ("sft.dagger_episodes", 1),
         ("sft.dagger_steps", 1),
         ("algo.max_resample_rounds", 0),
+        ("algo.overlong_buffer", 0),
         ("algo.ppo_epochs", 1),
         ("optim.micro_batch_size", 1),
         ("optim.mini_batches", 1),
+        ("optim.warmup_steps", 0),
         ("eval.every", 0),
         ("eval.episodes", 1),
+        ("eval.interim_episodes", 0),
         ("log.checkpoint_every", 1),
         ("log.keep_checkpoints", 0),
         ("seed", 0),
@@ -328,6 +404,7 @@ def validate(cfg: TrainConfig, *, extras: bool = True) -> TrainConfig:
         "algo.zeta",
         "algo.kl_coef",
         "algo.entropy_coef",
+        "algo.overlong_penalty",
         "algo.action_weight",
         "optim.lr",
         "optim.weight_decay",
@@ -386,6 +463,12 @@ def validate(cfg: TrainConfig, *, extras: bool = True) -> TrainConfig:
         f"must be in (0, 10), got {clip_high}",
         "use 0.2 (GRPO), 0.28 (DAPO) or null for the base algorithm's default",
     )
+    _check(
+        cfg.algo.overlong_buffer <= cfg.rollout.max_new_tokens,
+        "algo.overlong_buffer",
+        f"must be <= rollout.max_new_tokens ({cfg.rollout.max_new_tokens}), got {cfg.algo.overlong_buffer}",
+        "use e.g. a quarter of rollout.max_new_tokens, or 0 to turn the punishment off",
+    )
     dual = cfg.algo.dual_clip
     _check(dual is None or dual > 1, "algo.dual_clip", f"must be > 1, got {dual}", "use 3.0 or null to turn it off")
     _check(
@@ -414,10 +497,66 @@ def validate(cfg: TrainConfig, *, extras: bool = True) -> TrainConfig:
         f"must be >= 0, got {cfg.rollout.env_workers}",
         "use 0 for envs in this process or N > 0 for N Ray env workers",
     )
+    _check(
+        cfg.rollout.top_p == 1.0 or cfg.iterations == 0,
+        "rollout.top_p",
+        f"top_p={cfg.rollout.top_p} < 1 for training rollouts: the update's log-probs and EMPG's entropies come from "
+        "the full softmax, so the PPO ratio would not describe the truncated distribution that was sampled from",
+        "use rollout.top_p=1.0 for training (evaluation samples at eval.temperature)",
+    )
+    _check(
+        not (cfg.rollout.constrain_actions and cfg.model.backend == "vllm"),
+        "rollout.constrain_actions",
+        "constrained decoding is implemented in the hf back end only; model.backend=vllm cannot apply the trie",
+        "use model.backend=hf with rollout.constrain_actions=true, or rollout.constrain_actions=false with vllm",
+    )
+    _check(
+        not (cfg.model.dtype == "float16" and cfg.model.device == "cpu"),
+        "model.dtype",
+        "float16 on the CPU: many CPU kernels lack float16 and its 5-bit exponent overflows in the softmax without "
+        "loss scaling, which this trainer does not do",
+        "use model.dtype=bfloat16 (same memory, fp32's range) or float32 on the CPU; float16 only with a GPU",
+    )
     _check_env_id(cfg.env.id)
+    if cfg.model.init is not None:
+        _check_init(cfg.model.init)
+    if cfg.rollout.constrain_actions:
+        _check_admissible(cfg)
     if extras:
         _check_extras(cfg)
     return cfg
+
+
+def _check_init(init: str) -> None:
+    """``model.init`` names a warm start whose files match its manifest (hashes checked here, before any work)."""
+    from empg.train.warmstart import WarmStartError, resolve, verify
+
+    try:
+        verify(resolve(init))
+    except WarmStartError as e:
+        raise ConfigError("model.init", e.problem, e.fix) from None
+
+
+def _check_admissible(cfg: TrainConfig) -> None:
+    """``rollout.constrain_actions`` needs an env that lists admissible actions: reset one and look."""
+    from empg.envs import make, split_seeds
+
+    try:
+        env = make(cfg.env.id, "train", **cfg.env.kwargs)
+    except Exception:  # noqa: BLE001 - a broken env is reported where it is built, with its own message
+        return
+    try:
+        _, info = env.reset(seed=split_seeds("train", 1)[0])
+        listed = info.get("admissible_actions")
+    finally:
+        env.close()
+    _check(
+        bool(listed),
+        "rollout.constrain_actions",
+        f"env {cfg.env.id!r} lists no admissible actions (info['admissible_actions'] is empty after reset), so "
+        "there is nothing to constrain the action to",
+        f"use rollout.constrain_actions=false with {cfg.env.id}, or an env that lists them (household-v0, shop-v0)",
+    )
 
 
 def _installed(module: str) -> bool:

@@ -371,15 +371,16 @@ def _setup_worker_run(cfg: Any, info: DistInfo, resume: bool) -> Any:
 
     run_dir = Path(cfg.run_dir)
     latest = ckpt.latest_checkpoint(run_dir) if resume else None
-    policy = Policy.load(latest or run_dir / "base_model", device=cfg.model.device)
+    from empg.train.optim import make_optimizer, model_dtype
+
+    dtype = model_dtype(cfg.model.dtype)
+    policy = Policy.load(latest or run_dir / "base_model", device=cfg.model.device, dtype=dtype)
     policy.model.eval()
     ref_model = None
     if cfg.algo.kl_coef > 0:
-        ref_model = Policy.load(run_dir / "base_model", device=cfg.model.device).model.eval()
+        ref_model = Policy.load(run_dir / "base_model", device=cfg.model.device, dtype=dtype).model.eval()
         ref_model.requires_grad_(False)
-    opt = torch.optim.AdamW(
-        [p for p in policy.model.parameters() if p.requires_grad], lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay
-    )
+    opt = make_optimizer(policy.model, cfg.optim.lr, cfg.optim.weight_decay)
     start = ckpt.restore_checkpoint(latest, opt)["iteration"] if latest is not None else 0
     pool = split_seeds("train", cfg.env.train_pool)
     return rl.Run(cfg, run_dir, policy, opt, None, start, pool, ref_model, None)

@@ -55,7 +55,8 @@ from empg.train import checkpoint as ckpt
 from empg.train.advantage import advantage_phase, episode_returns, to_tokens
 from empg.train.backends import rollout_backends, rollout_settings, sync_rollout_weights
 from empg.train.config import TrainConfig, to_yaml
-from empg.train.metrics import MetricsLogger, check_finite, masked_mean, truncate_jsonl
+from empg.train.metrics import MetricsLogger, NonFiniteError, check_finite, masked_mean, truncate_jsonl
+from empg.train.optim import make_optimizer, model_dtype
 
 PHASES = {"tasks": 1, "rollout": 2, "shuffle": 3, "eval": 4, "sft": 5}
 
@@ -137,11 +138,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, console: Any = None) -> lis
 
             # ----------------------------------------------------------------- 4. PPO update (+ vLLM weight sync)
             t0 = time.perf_counter()
-            if batch is not None:
+            no_signal = cfg.optim.skip_no_signal and metrics.get("train/kept_mixed_groups", 0.0) == 0
+            if batch is not None and not no_signal:
                 metrics.update(update_phase(run, batch, ref_logp, it))
                 metrics.update(sync_rollout_weights(run))
-            else:
-                metrics["update/skipped"] = 1.0  # DAPO kept no informative group: nothing to learn from
+            else:  # DAPO kept no informative group, or (skip_no_signal) no group had mixed outcomes
+                metrics["update/skipped"] = 1.0
             metrics["time/update"] = time.perf_counter() - t0
 
             # ----------------------------------------------------------------- 5. periodic evaluation
@@ -195,19 +197,26 @@ def setup_run(cfg: TrainConfig, *, resume: bool = False, console: Any = None) ->
 
     base_dir = run_dir / "base_model"
     if latest is None and not (base_dir / "config.json").is_file():
-        policy = build_base_policy(cfg, console=console)
-        _save_atomic(policy, base_dir)
-    policy = Policy.load(latest or base_dir, device=cfg.model.device)
+        if cfg.model.init is not None:  # a shipped (hash-verified) warm start: no build, no SFT
+            from empg.train.warmstart import install
+
+            install(cfg.model.init, base_dir)
+            if console is not None:
+                console.print(f"warm start: {cfg.model.init} (verified against its manifest) -> {base_dir}")
+        else:
+            policy = build_base_policy(cfg, console=console)
+            _save_atomic(policy, base_dir)
+    dtype = model_dtype(cfg.model.dtype)
+    policy = Policy.load(latest or base_dir, device=cfg.model.device, dtype=dtype)
     policy.model.eval()  # no dropout: rollout, scoring and update see the same function
 
     ref_model = None
     if cfg.algo.kl_coef > 0:
-        ref_model = Policy.load(base_dir, device=cfg.model.device).model.eval()
+        ref_model = Policy.load(base_dir, device=cfg.model.device, dtype=dtype).model.eval()
         ref_model.requires_grad_(False)
 
-    optimizer = torch.optim.AdamW(
-        [p for p in policy.model.parameters() if p.requires_grad], lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay
-    )
+    # fp32 AdamW; with bf16 weights it updates fp32 master copies (empg.train.optim)
+    optimizer = make_optimizer(policy.model, cfg.optim.lr, cfg.optim.weight_decay)
     start = 0
     if latest is not None:
         start = ckpt.restore_checkpoint(latest, optimizer)["iteration"]
@@ -235,7 +244,7 @@ def build_base_policy(cfg: TrainConfig, *, console: Any = None) -> Any:
         cfg.model.spec,
         cache_dir=cfg.model.cache_dir,
         device=cfg.model.device,
-        dtype=getattr(torch, cfg.model.dtype),
+        dtype=model_dtype(cfg.model.dtype),
         seed=cfg.seed,
     )
     if cfg.sft.enabled:
@@ -294,15 +303,22 @@ def rollout_phase(run: Run, it: int) -> tuple[list, list, dict[str, float]]:
     kept_steps: list = []
     kept_trajs: list = []
     all_trajs: list = []
-    n_tokens, seconds, n_groups = 0, 0.0, 0
+    n_tokens, seconds, n_groups, n_free = 0, 0.0, 0, 0
     n_rounds = 0
     for _ in range(rounds):
         n_rounds += 1
         seeds = sample_tasks(run.train_pool, cfg.rollout.n_tasks, task_gen)
         t0 = time.perf_counter()
-        result = collect_round(run, seeds, roll_gen)
+        try:
+            result = collect_round(run, seeds, roll_gen)
+        except FloatingPointError as err:  # NaN/inf logits while sampling: stop before any update, naming both
+            raise NonFiniteError(
+                f"iteration {it}: {err}; no optimizer step was applied. Fix: lower optim.lr, check the "
+                "reward/advantage settings, or resume from the last checkpoint."
+            ) from err
         seconds += time.perf_counter() - t0
         n_tokens += sum(len(s.response_ids) for s in result.steps)
+        n_free += int(result.stats.get("unconstrained_steps", 0))
         steps, trajs = _renumber(result.steps, result.trajectories, n_groups, len(all_trajs))
         n_groups += len(seeds)
         all_trajs.extend(trajs)
@@ -332,13 +348,30 @@ def rollout_phase(run: Run, it: int) -> tuple[list, list, dict[str, float]]:
         "train/failed_episodes": float(len(all_trajs) - len(done)),
         "train/env_steps": float(sum(t.length for t in all_trajs)),
         "train/n_steps": float(len(kept_steps)),
+        "train/mixed_groups": float(mixed_groups(cfg, done)),
+        "train/mixed_group_frac": mixed_groups(cfg, done) / max(1, len({t.group_id for t in done})),
+        "train/kept_mixed_groups": float(mixed_groups(cfg, kept_trajs)),
         "dapo/kept_groups": float(len({t.group_id for t in kept_trajs})),
         "dapo/rounds": float(n_rounds),
         "perf/tokens_per_s": n_tokens / max(seconds, 1e-9),
     }
+    if cfg.rollout.constrain_actions:  # steps whose env listed no admissible action: decoded as free text
+        metrics["train/unconstrained_steps"] = float(n_free)
     if run.env_pool is not None:  # env calls that found their Ray worker dead or restarted (their episodes failed)
         metrics["rollout/lost_env_calls"] = float(run.env_pool.lost_calls - lost_calls)
     return kept_steps, kept_trajs, metrics
+
+
+def mixed_groups(cfg: TrainConfig, trajs: list) -> int:
+    """Number of groups among ``trajs`` whose returns differ (the only groups GRPO's advantage is not 0 for)."""
+    if not trajs:
+        return 0
+    returns, group_id = episode_returns(cfg, trajs)
+    spread: dict[int, tuple[float, float]] = {}
+    for r, g in zip(returns.tolist(), group_id.tolist(), strict=True):
+        lo, hi = spread.get(g, (r, r))
+        spread[g] = (min(lo, r), max(hi, r))
+    return sum(hi > lo for lo, hi in spread.values())
 
 
 def collect_round(run: Run, seeds: list[int], generator: torch.Generator) -> Any:
@@ -347,7 +380,7 @@ def collect_round(run: Run, seeds: list[int], generator: torch.Generator) -> Any
     from empg.rollout import collect, collect_with_envs
 
     cfg = run.cfg
-    settings = rollout_settings(cfg, generator)  # behaviour log-probs: the scoring pass computes them
+    settings = rollout_settings(cfg, generator)  # records behaviour log-probs unless the scoring pass recomputes
     g = cfg.rollout.group_size
     if run.env_pool is None:
         return collect(run.generating_policy, cfg.env.id, seeds, group_size=g, env_kwargs=cfg.env.kwargs, **settings)
@@ -383,19 +416,26 @@ def _pad_id(policy: Any) -> int:
 
 @torch.no_grad()
 def score_phase(run: Run, batch: Any, it: int) -> torch.Tensor | None:
-    """Fill ``batch.old_logprobs`` and ``batch.token_entropy`` (behaviour policy, rollout temperature); return the
-    reference log-probs (B, L) when ``kl_coef > 0`` else None."""
+    """Behaviour log-probs and entropies in ``batch.old_logprobs`` / ``batch.token_entropy`` (rollout temperature):
+    recomputed here when :func:`~empg.train.backends.rescores`, else the ones recorded during generation (packed
+    from the step records). Returns the reference log-probs (B, L) when ``kl_coef > 0``, else None."""
     from empg.policy.hf import response_logprobs
+    from empg.train.backends import rescores
 
     cfg = run.cfg
-    batch.old_logprobs = torch.zeros_like(batch.response_mask)
-    batch.token_entropy = torch.zeros_like(batch.response_mask)
+    rescore = rescores(cfg)
+    if rescore:
+        batch.old_logprobs = torch.zeros_like(batch.response_mask)
+        batch.token_entropy = torch.zeros_like(batch.response_mask)
     ref = torch.zeros_like(batch.response_mask) if run.ref_model is not None else None
     rows = by_length(batch, torch.arange(batch.response_mask.shape[0]))
-    for idx in torch.split(rows, cfg.optim.micro_batch_size):
+    for idx in torch.split(rows, cfg.optim.micro_batch_size) if rescore or ref is not None else ():
         micro = batch.select(idx)
-        logp, ent = response_logprobs(run.policy.model, micro, temperature=cfg.rollout.temperature, with_entropy=True)
-        batch.old_logprobs[idx], batch.token_entropy[idx] = logp, ent  # (cast to the buffers' dtype on assignment)
+        if rescore:
+            logp, ent = response_logprobs(
+                run.policy.model, micro, temperature=cfg.rollout.temperature, with_entropy=True
+            )
+            batch.old_logprobs[idx], batch.token_entropy[idx] = logp, ent  # (cast to the buffers' dtype)
         if ref is not None:
             ref[idx] = response_logprobs(run.ref_model, micro, temperature=cfg.rollout.temperature)[0]
     if cfg.algo.empg and cfg.algo.step_entropy == "renyi2":
@@ -477,16 +517,19 @@ def update_phase(run: Run, batch: Any, ref_logp: torch.Tensor | None, it: int, r
 
     n_rows = int(batch.response_mask.shape[0])
     n_mini = max(1, min(cfg.optim.mini_batches, reduce.min(n_rows)))  # the same optimizer steps on every process
-    for _epoch in range(cfg.algo.ppo_epochs):
+    ratios: list[tuple[str, float]] = []  # (actor/ratio_min | actor/ratio_max, value) per micro-batch
+    for epoch in range(cfg.algo.ppo_epochs):
         perm = torch.randperm(n_rows, generator=gen)
-        for mini_idx in torch.tensor_split(perm, n_mini):
+        for k, mini_idx in enumerate(torch.tensor_split(perm, n_mini)):
             denom = reduce.sum(_denominator(cfg, batch.response_mask[mini_idx]))
             opt.zero_grad(set_to_none=True)
             micros = [m for m in torch.split(by_length(batch, mini_idx), cfg.optim.micro_batch_size) if m.numel() > 0]
             passes = reduce.max(len(micros)) if reduce.lockstep else len(micros)  # agreed before any pass
+            # the first mini-batch's ratio is 1 by construction: its KL / clip statistics would only dilute the rest
+            drift = _DriftStats(add, epoch, epoch == 0 and k == 0, cfg.algo.ppo_epochs > 1, ratios)
             for i in range(passes):  # no micro-batch only on a process whose shard is empty
                 if i < len(micros):
-                    _micro_backward(run, batch, micros[i], ref_logp, denom, it, add)
+                    _micro_backward(run, batch, micros[i], ref_logp, denom, it, drift)
                 else:
                     _idle_backward(model)
             reduce.grads(params)  # Σ over processes of Σ_local / global denominator = the full-batch gradient
@@ -495,6 +538,7 @@ def update_phase(run: Run, batch: Any, ref_logp: torch.Tensor | None, it: int, r
             grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP: DTensor
             check_finite("gradient norm", grad_norm, it)
             add("actor/grad_norm", grad_norm)
+            add("optim/lr", set_lr(opt, cfg, optimizer_steps(opt)))
             opt.step()
     out = {k: sums[k] / counts[k] for k in sums}
     n_opt = counts.get("actor/grad_norm", 1)
@@ -502,7 +546,57 @@ def update_phase(run: Run, batch: Any, ref_logp: torch.Tensor | None, it: int, r
         total = reduce.sum(sums.get(key, 0.0) / n_opt)  # every process joins, whatever terms it has
         if key in sums or total != 0.0:
             out[key] = total
+    for key, pick in (("actor/ratio_min", min), ("actor/ratio_max", max)):
+        values = [v for k, v in ratios if k == key]
+        if values:
+            out[key] = pick(values)
+    out["optim/steps"] = float(optimizer_steps(opt))
     return out
+
+
+DRIFT_KEYS = ("actor/approx_kl", "actor/clipfrac", "actor/clipfrac_low", "actor/clipfrac_high", "actor/dual_clipfrac")
+
+
+@dataclass
+class _DriftStats:
+    """Where one mini-batch's micro-batch metrics go: policy-drift statistics (:data:`DRIFT_KEYS`) only from the
+    mini-batches after the iteration's first (whose ratio is exactly 1), also per PPO epoch (``…/epoch_N``, 1-based)
+    when there are several; ratio min/max from all; everything else as before."""
+
+    add: Callable[[str, Any], None]
+    epoch: int
+    first: bool
+    per_epoch: bool
+    ratios: list
+
+    def __call__(self, key: str, value: Any) -> None:
+        if key in DRIFT_KEYS:
+            if not self.first:
+                self.add(key, value)
+                if self.per_epoch:
+                    self.add(f"{key}/epoch_{self.epoch + 1}", value)
+        elif key in ("actor/ratio_min", "actor/ratio_max"):
+            self.ratios.append((key, float(value)))
+        else:
+            self.add(key, value)
+
+
+def optimizer_steps(opt: torch.optim.Optimizer) -> int:
+    """Optimizer steps taken so far: AdamW's own per-parameter ``step`` count (saved and restored with its state,
+    so the learning-rate schedule resumes exactly)."""
+    steps = [st["step"] for st in opt.state.values() if "step" in st]
+    return int(max(float(s) for s in steps)) if steps else 0
+
+
+def set_lr(opt: torch.optim.Optimizer, cfg: TrainConfig, step: int) -> float:
+    """Set the learning rate of optimizer step ``step`` (0-based) from ``optim.lr``, its warm-up and schedule."""
+    from empg.train.schedule import lr_factor
+
+    planned = cfg.iterations * cfg.algo.ppo_epochs * cfg.optim.mini_batches
+    lr = cfg.optim.lr * lr_factor(step, planned, cfg.optim.schedule, cfg.optim.warmup_steps)
+    for group in opt.param_groups:
+        group["lr"] = lr
+    return lr
 
 
 def _micro_backward(run: Run, batch: Any, idx: torch.Tensor, ref_logp: Any, denom: float, it: int, add: Any) -> None:
@@ -564,14 +658,22 @@ def evaluate_phase(run: Run, iteration: int) -> dict[str, float]:
 
     cfg = run.cfg
     out: dict[str, float] = {}
+    full = iteration in (0, cfg.iterations) or cfg.eval.interim_episodes == 0
+    episodes = cfg.eval.episodes if full else min(cfg.eval.interim_episodes, cfg.eval.episodes)
     for split in cfg.eval.splits:
         generator_for(cfg.seed, iteration, "eval")
         report = evaluate_with_config(  # vLLM when model.backend=vllm (weights synced); envs in this process
-            run.generating_policy, cfg, split, cfg.eval.episodes, seed=cfg.seed * 1_000_003 + iteration
+            run.generating_policy, cfg, split, episodes, seed=eval_sampling_seed(cfg)
         )
         save_report(report, run.run_dir / "eval" / f"{split}_{ckpt.checkpoint_name(iteration)}.json")
         out.update(report.metrics())
     return out
+
+
+def eval_sampling_seed(cfg: TrainConfig) -> int:
+    """The sampling seed of every evaluation of a run (and of the SFT evaluation it reuses): the same at every
+    iteration, so two evaluations of a run differ only by the model (paired)."""
+    return cfg.seed * 1_000_003
 
 
 def _sft_eval_metrics(run: Run) -> dict[str, float] | None:
@@ -588,7 +690,11 @@ def _sft_eval_metrics(run: Run) -> dict[str, float] | None:
     out: dict[str, float] = {}
     for split in cfg.eval.splits:
         report = sft.get(f"eval/{split}")
-        if report is None or report["episodes"] != cfg.eval.episodes or sft.get("eval_seed", 0) != cfg.seed * 1_000_003:
+        if (
+            report is None
+            or report["episodes"] != cfg.eval.episodes
+            or sft.get("eval_seed", 0) != eval_sampling_seed(cfg)
+        ):
             return None
         out.update(EvalReport.from_dict(report).metrics())
     return out

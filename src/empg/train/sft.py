@@ -18,7 +18,6 @@ that RL has room to show what it adds.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,8 @@ import torch
 
 from empg.train.config import TrainConfig
 from empg.train.metrics import check_finite
+from empg.train.optim import make_optimizer
+from empg.train.schedule import lr_factor
 
 
 @dataclass
@@ -211,7 +212,7 @@ def sft_train(
     model = policy.model
     pad = policy.tokenizer.pad_token_id
     pad = pad if pad is not None else (policy.tokenizer.eos_token_id or 0)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
+    opt = make_optimizer(model, lr, weight_decay)  # fp32 master weights when the model is bf16
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: lr_factor(i, steps, schedule, warmup_steps))
     gen = torch.Generator().manual_seed(seed)
     order: list[int] = []
@@ -253,25 +254,6 @@ def length_grouped_order(
         for b in torch.randperm(len(batches), generator=gen).tolist():
             out.extend(batches[b])
     return out
-
-
-def lr_factor(step: int, steps: int, schedule: str = "constant", warmup_steps: int = 0) -> float:
-    """Multiplier of the SFT learning rate at 0-based ``step`` of ``steps``.
-
-    Linear warm-up ``(step + 1) / warmup_steps`` over the first ``warmup_steps`` steps; then 1 (``constant``) or a
-    cosine from 1 down to 0 at the last step (``cosine``).
-
-    >>> [round(lr_factor(i, 5, "cosine", 1), 3) for i in range(5)]
-    [1.0, 1.0, 0.75, 0.25, 0.0]
-    """
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if schedule == "constant":
-        return 1.0
-    if schedule != "cosine":
-        raise ValueError(f"unknown schedule {schedule!r}; use constant | cosine")
-    span = steps - warmup_steps - 1
-    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup_steps) / span)) if span > 0 else 1.0
 
 
 def run_sft(policy: Any, cfg: TrainConfig, run_dir: Path, *, console: Any = None) -> dict:
@@ -406,15 +388,27 @@ class _sft_progress:  # noqa: N801 - used like a function
             self._p.__exit__(*exc)
 
 
-def run_sft_command(cfg: TrainConfig, *, console: Any = None) -> dict:
-    """`empg sft`: build the model, behaviour-clone it, evaluate, save ``run_dir/base_model`` (RL starts from it)."""
-    from empg.train.rl import _save_atomic, build_base_policy
+def run_sft_command(cfg: TrainConfig, *, console: Any = None, export: Path | None = None, command: str = "") -> dict:
+    """`empg sft`: build the model from ``model.spec`` (``model.init`` is ignored), behaviour-clone it, evaluate, save
+    ``run_dir/base_model`` (RL starts from it); with ``export``, also write it there as a warm start with a manifest
+    (:mod:`empg.train.warmstart`) whose ``rebuild`` entry is ``command``."""
+    from dataclasses import replace
 
+    from empg.train.config import to_dict, to_yaml
+    from empg.train.rl import _save_atomic, build_base_policy
+    from empg.train.warmstart import export as export_warmstart
+
+    cfg = replace(cfg, model=replace(cfg.model, init=None))
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    from empg.train.config import to_yaml
-
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     policy = build_base_policy(cfg, console=console)
     _save_atomic(policy, run_dir / "base_model")
-    return json.loads((run_dir / "sft.json").read_text())
+    result = json.loads((run_dir / "sft.json").read_text())
+    if export is not None:
+        out = export_warmstart(
+            run_dir / "base_model", export, name=Path(export).name, rebuild=command, config=to_dict(cfg), sft=result
+        )
+        if console is not None:
+            console.print(f"warm start written to {out} (manifest.json lists the sha256 of every file)")
+    return result

@@ -1,0 +1,80 @@
+"""Shipped warm starts: export with a manifest, hash verification before any work, install into a run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from empg.cli import main
+from empg.train import rl
+from empg.train.config import ConfigError, load_config
+from empg.train.metrics import read_metrics
+from empg.train.warmstart import WarmStartError, export, file_hash, resolve, verify
+
+
+@pytest.fixture
+def warm(tmp_path, tiny_model_dir):
+    """The session's micro model exported as a warm start."""
+    return export(tiny_model_dir, tmp_path / "warm", name="warm", rebuild="empg sft --export X", config={}, sft={})
+
+
+def test_export_writes_every_file_hash_and_verify_accepts_it(warm, tiny_model_dir):
+    manifest = json.loads((warm / "manifest.json").read_text())
+    names = sorted(p.name for p in tiny_model_dir.iterdir() if p.is_file())
+    assert sorted(manifest["files"]) == names and "model.safetensors" in names
+    assert manifest["files"]["model.safetensors"] == file_hash(warm / "model.safetensors")
+    assert verify(warm)["rebuild"] == "empg sft --export X"
+
+
+def test_a_changed_file_is_refused_with_the_rebuild_command(warm):
+    weights = warm / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])  # truncated
+    with pytest.raises(WarmStartError, match=r"model\.safetensors has sha256 .*empg sft --export X"):
+        verify(warm)
+
+
+def test_a_missing_or_an_unlisted_weight_file_is_refused(warm):
+    (warm / "extra.bin").write_bytes(b"\x80\x04not a model")
+    with pytest.raises(WarmStartError, match=r"extra\.bin.*nothing is ever unpickled"):
+        verify(warm)
+    (warm / "extra.bin").unlink()
+    (warm / "config.json").unlink()
+    with pytest.raises(WarmStartError, match="lacks config.json"):
+        verify(warm)
+
+
+def test_names_resolve_to_the_package_and_paths_stay_paths(tmp_path):
+    assert resolve("household-tiny").parts[-2:] == ("warmstarts", "household-tiny")
+    assert resolve(str(tmp_path)) == tmp_path
+
+
+def test_model_init_is_checked_before_any_work(warm, tmp_path, tiny_model_dir, fast, capsys):
+    (warm / "tokenizer.json").write_text("{}")
+    with pytest.raises(ConfigError) as e:
+        load_config(None, fast(tmp_path / "run", tiny_model_dir, f"model.init={warm}"))
+    assert e.value.field == "model.init" and "tokenizer.json" in e.value.problem
+    assert main(["train", *fast(tmp_path / "run", tiny_model_dir, f"model.init={warm}")]) == 2
+    assert "rebuild" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def test_a_run_starts_from_the_warm_start_without_sft(warm, tmp_path, tiny_model_dir, fast):
+    cfg = load_config(None, fast(tmp_path / "run", "tiny-1m", f"model.init={warm}", "sft.enabled=true", "iterations=1"))
+    run = rl.setup_run(cfg)  # model.spec tiny-1m is not built, SFT does not run
+    assert not (tmp_path / "run" / "sft.json").exists()
+    base = tmp_path / "run" / "base_model"
+    assert file_hash(base / "model.safetensors") == file_hash(warm / "model.safetensors")
+    assert run.policy.model.config.hidden_size == 32  # the micro model, not tiny-1m
+    rl.train(cfg)
+    assert [r["iteration"] for r in read_metrics(tmp_path / "run")] == [1]
+
+
+def test_sft_export_builds_a_verified_warm_start(tmp_path, tiny_model_dir, fast):
+    out = tmp_path / "exported"
+    args = fast(tmp_path / "sft", tiny_model_dir, "sft.steps=2", "sft.episodes=2", "sft.eval_episodes=1")
+    assert main(["sft", *args, "--export", str(out)]) == 0
+    manifest = verify(out)
+    assert manifest["rebuild"].startswith("empg sft ") and manifest["rebuild"].endswith(f"--export {out}")
+    assert manifest["sft"]["demo_episodes"] == 2 and "losses" not in manifest["sft"]
+    assert manifest["config"]["model"]["init"] is None
