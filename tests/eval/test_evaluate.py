@@ -62,7 +62,7 @@ def test_evaluate_with_config_passes_every_run_setting(monkeypatch):
     ev.evaluate_with_config("P", cfg, "eval_in", 4, seed=6, greedy=True)
     settings = dict(temperature=0.7, max_new_tokens=12, max_turns=7, history=1,
                     env_kwargs={"scene_size": "small"}, train_pool=2, constrain_actions=True,
-                    constrain_scope="response")  # fmt: skip
+                    constrain_scope="response", show_admissible=True)  # fmt: skip
     assert calls == [
         (("P", "household-v0", "train", 3), dict(settings, greedy=False, seed=5)),
         (("P", "household-v0", "eval_in", 4), dict(settings, greedy=True, seed=6)),

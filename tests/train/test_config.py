@@ -131,10 +131,14 @@ def test_every_field_has_help_and_appears_in_help_text():
         assert f"    {name} (" in text
 
 
-def test_scale_out_switches_default_to_one_process():
+def test_scale_out_switches_default_to_one_process(monkeypatch):
+    import empg.train.config as config_module
+
     cfg = TrainConfig()
     assert (cfg.rollout.env_workers, cfg.model.backend) == (0, "hf")
-    assert load_config(None, ["rollout.env_workers=3"]).rollout.env_workers == 3  # ray is a dev dependency here
+    # the switch itself, whether or not the [ray] extra is installed here (its check has its own test below)
+    monkeypatch.setattr(config_module, "_installed", lambda module: True)
+    assert load_config(None, ["rollout.env_workers=3"]).rollout.env_workers == 3
 
 
 @pytest.mark.parametrize(

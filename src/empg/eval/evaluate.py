@@ -97,6 +97,7 @@ def evaluate_policy(
     train_pool: int | None = None,
     constrain_actions: bool = False,
     constrain_scope: str = "action",
+    show_admissible: bool = True,
 ) -> EvalReport:
     """Play the first ``episodes`` seeds of ``split`` once each and tabulate success (:func:`eval_seeds`).
 
@@ -111,6 +112,7 @@ def evaluate_policy(
         train_pool: the run's RL task pool (``env.train_pool``): a ``train`` evaluation plays only its tasks.
         constrain_actions, constrain_scope: decode actions under the admissible-action trie
             (``rollout.constrain_actions``, ``rollout.constrain_scope``).
+        show_admissible: list the admissible actions in the prompts (``rollout.show_admissible``).
     """
     from empg.rollout import collect
 
@@ -133,6 +135,7 @@ def evaluate_policy(
         env_kwargs=env_kwargs,
         constrain_actions=constrain_actions,
         constrain_scope=constrain_scope,
+        show_admissible=show_admissible,
     )
     trajs = [t for t in result.trajectories if not t.failed]
     table = success_table([t.task_type for t in trajs], [t.success for t in trajs])
@@ -169,6 +172,7 @@ def evaluate_with_config(
         train_pool=cfg.env.train_pool,
         constrain_actions=cfg.rollout.constrain_actions,
         constrain_scope=cfg.rollout.constrain_scope,
+        show_admissible=cfg.rollout.show_admissible,
     )
 
 

@@ -76,6 +76,7 @@ def collect(
     progress: Callable[[int, int], None] | None = None,
     constrain_actions: bool = False,
     constrain_scope: str = "action",
+    show_admissible: bool = True,
 ) -> RolloutResult:
     """Roll out ``group_size`` copies of each task ``seeds[g]`` (group ``g``) in lock-step.
 
@@ -100,6 +101,7 @@ def collect(
             ``stats["unconstrained_steps"]``.
         constrain_scope: ``"action"`` (the span after ``<action>``) or ``"response"`` (the whole response is one of
             the admissible actions' templated expert responses, thought included: :func:`action_constraint`).
+        show_admissible: list the admissible actions in the prompt (they still constrain decoding when hidden).
     """
     from empg.envs import make
 
@@ -129,6 +131,7 @@ def collect(
             progress=progress,
             constrain_actions=constrain_actions,
             constrain_scope=constrain_scope,
+            show_admissible=show_admissible,
         )
     finally:
         for env in envs:
@@ -153,6 +156,7 @@ def collect_with_envs(
     progress: Callable[[int, int], None] | None = None,
     constrain_actions: bool = False,
     constrain_scope: str = "action",
+    show_admissible: bool = True,
 ) -> RolloutResult:
     """Lock-step rollout over caller-built envs (one trajectory per env; ``envs[i]`` is reset with ``seeds[i]``).
 
@@ -177,7 +181,7 @@ def collect_with_envs(
     while live := [tr for tr in trajs if not tr.done]:
         if progress is not None:
             progress(turn, len(live))
-        prompt_ids = [policy.chat_prompt_ids(_messages(tr, history)) for tr in live]
+        prompt_ids = [policy.chat_prompt_ids(_messages(tr, history, show_admissible)) for tr in live]
         t0 = time.perf_counter()
         gens = policy.generate(
             prompt_ids,
@@ -221,7 +225,7 @@ def _reset(tr: _Traj) -> None:
         tr.info = {"error": repr(err)}
 
 
-def _messages(tr: _Traj, history: int) -> list[dict]:
+def _messages(tr: _Traj, history: int, show_admissible: bool = True) -> list[dict]:
     info = tr.info
     return prompts.build_messages(
         getattr(tr.env, "family", "generic"),
@@ -229,7 +233,7 @@ def _messages(tr: _Traj, history: int) -> list[dict]:
         tr.obs,
         tr.past[-history:] if history > 0 else [],
         len(tr.steps),
-        info.get("admissible_actions"),
+        info.get("admissible_actions") if show_admissible else None,
     )
 
 

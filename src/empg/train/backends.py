@@ -43,6 +43,7 @@ def rollout_settings(
         "generator": generator,
         "constrain_actions": cfg.rollout.constrain_actions,
         "constrain_scope": cfg.rollout.constrain_scope,
+        "show_admissible": cfg.rollout.show_admissible,
     }
 
 

@@ -91,6 +91,11 @@ class RolloutConfig:
     top_p: float = _f(1.0, "Nucleus sampling threshold for training rollouts (1.0 = off).")
     max_new_tokens: int = _f(64, "Response cap per step (thought + action), in tokens.")
     history: int = _f(2, "Number of past (observation, action) pairs shown in each step's prompt.")
+    show_admissible: bool = _f(
+        True,
+        "List the step's admissible actions in the prompt (SFT demos and rollouts alike). With constrain_actions "
+        "they constrain decoding anyway, and hiding them makes household prompts about a third shorter.",
+    )
     constrain_actions: bool = _f(
         False,
         "Constrained decoding (training and evaluation): after <action> the policy may only emit one of the step's "
@@ -305,7 +310,12 @@ class LogConfig:
     tensorboard: bool = _f(False, "Also write TensorBoard scalars to run_dir/tb (needs the tensorboard extra).")
     wandb: bool = _f(False, "Also log to Weights & Biases (needs the wandb extra).")
     wandb_project: str = _f("empg", "W&B project name.")
-    progress: bool = _f(True, "Show a rich progress bar.")
+    progress: bool = _f(
+        True,
+        "Show progress: a rich progress bar on a terminal; when the output is not a terminal (a log file, nohup, "
+        "CI), plain timestamped lines instead (SFT every log.every seconds, one line per RL iteration).",
+    )
+    every: float = _f(30.0, "Plain (non-terminal) output: seconds between two SFT progress lines.")
     plots: bool = _f(True, "Write run_dir/plots/*.png at the end of training (as `empg plot RUN_DIR`).")
     checkpoint_every: int = _f(1, "Checkpoint every N iterations (and after the last).")
     keep_checkpoints: int = _f(2, "Keep the newest N checkpoints (0 = keep all).")

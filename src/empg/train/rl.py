@@ -57,6 +57,7 @@ from empg.train.backends import rollout_backends, rollout_settings, sync_rollout
 from empg.train.config import TrainConfig, to_yaml
 from empg.train.metrics import MetricsLogger, NonFiniteError, check_finite, masked_mean, truncate_jsonl
 from empg.train.optim import make_optimizer, model_dtype
+from empg.train.progress import stamp
 
 PHASES = {"tasks": 1, "rollout": 2, "shuffle": 3, "eval": 4, "sft": 5}
 
@@ -667,6 +668,9 @@ def evaluate_phase(run: Run, iteration: int) -> dict[str, float]:
         )
         save_report(report, run.run_dir / "eval" / f"{split}_{ckpt.checkpoint_name(iteration)}.json")
         out.update(report.metrics())
+        if run.console is not None and not getattr(run.console, "is_terminal", False):
+            stamp(run.console, f"evaluation at iteration {iteration}: {split} {report.success:.1%} "
+                  f"({report.episodes} episodes, invalid {report.invalid_rate:.1%})")  # fmt: skip
     return out
 
 
@@ -738,31 +742,35 @@ def _log(run: Run, iteration: int, metrics: dict[str, Any]) -> None:
 
 @contextmanager
 def _progress(run: Run) -> Iterator[Any]:
-    """A rich progress bar over the RL iterations; yields ``advance(metrics)``."""
+    """Progress over the RL iterations (a rich bar on a terminal, one plain line per iteration elsewhere); yields
+    ``advance(metrics)``."""
     if run.console is None or not run.cfg.log.progress:
         yield lambda metrics: None
         return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from empg.train.progress import Progress
 
-    columns = [TextColumn("[bold]RL"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-               TextColumn("{task.description}")]  # fmt: skip
-    with Progress(*columns, console=run.console) as progress:
-        task = progress.add_task("", total=run.cfg.iterations, completed=run.start)
+    with Progress(run.console, "RL", run.cfg.iterations, completed=run.start, unit="its") as progress:
+        yield lambda m: progress.line(progress.done + 1, iteration_summary(m))
 
-        def advance(m: dict) -> None:
-            text = f"train {m.get('train/success', 0):.0%}"
-            if "eval_in/success" in m:
-                text += f" | eval_in {m['eval_in/success']:.0%}"
-            progress.update(task, advance=1, description=text)
 
-        yield advance
+def iteration_summary(m: dict[str, Any]) -> str:
+    """One line of an iteration's metrics: training success, return, invalid rate, mixed groups, entropy, KL,
+    seconds per phase, and the evaluation when there was one."""
+    parts = [
+        f"success {m.get('train/success', 0):.0%}",
+        f"return {m.get('train/return', 0):.2f}",
+        f"invalid {m.get('train/invalid_rate', 0):.0%}",
+        f"mixed {m.get('train/mixed_groups', 0):.0f}/{m.get('dapo/kept_groups', 0):.0f} kept",
+        f"H {m.get('entropy/token_mean', 0):.3f}",
+    ]
+    if "actor/approx_kl" in m:
+        parts.append(f"kl {m['actor/approx_kl']:.1e}")
+    secs = "/".join(f"{m.get(f'time/{k}', 0):.0f}" for k in ("rollout", "scoring", "update", "eval"))
+    parts.append(f"s {secs}")
+    for split in ("eval_train", "eval_in", "eval_out"):
+        if f"{split}/success" in m:
+            parts.append(f"{split} {m[f'{split}/success']:.1%}")
+    return " | ".join(parts)
 
 
 __all__ = ["Run", "setup_run", "train"]

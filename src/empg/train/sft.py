@@ -28,6 +28,7 @@ import torch
 from empg.train.config import TrainConfig
 from empg.train.metrics import check_finite
 from empg.train.optim import make_optimizer
+from empg.train.progress import stamp
 from empg.train.schedule import lr_factor
 
 
@@ -52,6 +53,7 @@ def collect_demos(
     env_kwargs: dict | None = None,
     noise: float = 0.0,
     invalid_noise: float = 0.0,
+    show_admissible: bool = True,
 ) -> list[Demo]:
     """Expert episodes on ``seeds`` rendered as (prompt, response) token pairs with the rollout's prompt code.
 
@@ -91,8 +93,9 @@ def collect_demos(
             if executed is not None:
                 action = executed
             else:
+                listed = admissible if show_admissible else None  # as the rollout shows it
                 messages = prompts.build_messages(
-                    env.family, info["task"], obs, past[-history:] if history else [], step, admissible
+                    env.family, info["task"], obs, past[-history:] if history else [], step, listed
                 )
                 text = prompts.expert_response(env.family, action)
                 demos.append(
@@ -273,10 +276,12 @@ def run_sft(policy: Any, cfg: TrainConfig, run_dir: Path, *, console: Any = None
         env_kwargs=cfg.env.kwargs,
         noise=cfg.sft.noise,
         invalid_noise=cfg.sft.invalid_noise,
+        show_admissible=cfg.rollout.show_admissible,
     )
     t_demos = time.perf_counter() - t0
     torch.manual_seed(cfg.seed)
-    with _sft_progress(console, cfg.sft.steps) as progress:
+    stamp(console, f"SFT: {len(demos)} demonstration steps from {len(seeds)} expert episodes ({t_demos:.0f} s)")
+    with _sft_progress(console, cfg.sft.steps, every=cfg.log.every) as progress:
         losses = _train(policy, demos, cfg, cfg.sft.steps, cfg.seed, progress)
     t_train = time.perf_counter() - t0 - t_demos
     result: dict[str, Any] = {
@@ -341,13 +346,17 @@ def _dagger(policy: Any, cfg: TrainConfig, demos: list[Demo], console: Any) -> l
             record_behaviour=False,
             generator=torch.Generator().manual_seed(cfg.seed * 7919 + r),
             env_kwargs=cfg.env.kwargs,
+            constrain_actions=cfg.rollout.constrain_actions,
+            constrain_scope=cfg.rollout.constrain_scope,
+            show_admissible=cfg.rollout.show_admissible,
         )
         labelled = expert_labels(
             policy, rollout.steps, cfg.env.id, max_turns=cfg.env.max_turns, env_kwargs=cfg.env.kwargs
         )
         demos.extend(labelled)
         t_rollout = time.perf_counter() - t0
-        with _sft_progress(console, cfg.sft.dagger_steps, f"DAgger {r + 1}/{cfg.sft.dagger_rounds}") as progress:
+        label = f"DAgger {r + 1}/{cfg.sft.dagger_rounds}"
+        with _sft_progress(console, cfg.sft.dagger_steps, label, every=cfg.log.every) as progress:
             losses = _train(policy, demos, cfg, cfg.sft.dagger_steps, cfg.seed + 1 + r, progress)
         info = {
             "rollout_success": rollout.success_rate,
@@ -367,21 +376,19 @@ def _dagger(policy: Any, cfg: TrainConfig, demos: list[Demo], console: Any) -> l
 
 
 class _sft_progress:  # noqa: N801 - used like a function
-    """Rich progress bar for the SFT steps (no-op without a console)."""
+    """Progress of the SFT steps (:class:`empg.train.progress.Progress`; no-op without a console); yields
+    ``progress(step, loss)``."""
 
-    def __init__(self, console: Any, total: int, label: str = "SFT"):
-        self.console, self.total, self.label, self._p = console, total, label, None
+    def __init__(self, console: Any, total: int, label: str = "SFT", every: float = 30.0):
+        self.console, self.total, self.label, self.every, self._p = console, total, label, every, None
 
     def __enter__(self):
         if self.console is None:
             return None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from empg.train.progress import Progress
 
-        self._p = Progress(TextColumn(f"[bold]{self.label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                           TextColumn("{task.description}"), console=self.console)  # fmt: skip
-        self._p.__enter__()
-        task = self._p.add_task("", total=self.total)
-        return lambda step, loss: self._p.update(task, completed=step + 1, description=f"loss {loss:.3f}")
+        self._p = Progress(self.console, self.label, self.total, every=self.every).__enter__()
+        return lambda step, loss: self._p.update(step + 1, f"loss {loss:.3f}")
 
     def __exit__(self, *exc):
         if self._p is not None:
