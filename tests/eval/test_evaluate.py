@@ -27,6 +27,13 @@ def test_report_is_deterministic_and_complete(policy):
     assert m["eval_out/success"] == a.success
     assert all(k.startswith("eval_out/") for k in m)
     assert render_report(a).row_count == len(a.table)
+    # per-episode outcomes, keyed by the split's seeds, for paired comparisons; they survive the JSON round trip
+    from empg.envs import split_seeds
+    from empg.eval.evaluate import EvalReport
+
+    assert sorted(a.outcomes) == sorted(split_seeds("eval_out", 3))
+    assert sum(a.outcomes.values()) == round(a.success * 3)
+    assert EvalReport.from_dict(a.to_dict()) == a
 
 
 def test_train_evaluation_plays_only_the_rl_task_pool():

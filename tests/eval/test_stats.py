@@ -41,3 +41,19 @@ def test_success_table_per_type():
     assert (table["a"].n, table["a"].successes) == (3, 2)
     assert table["b"].rate == 0.0 and table["b"].high > 0
     assert isinstance(SuccessStats.of([]).rate, float)
+
+
+def test_paired_difference_golden_and_pairing():
+    from empg.eval.stats import paired_difference
+
+    a = {s: s % 4 == 0 for s in range(200)}  # 25 %
+    same = paired_difference(a, a)
+    assert (same.diff, same.low, same.high) == (0.0, 0.0, 0.0)
+    b = {s: s % 4 == 0 or s % 4 == 1 for s in range(200)}  # 50 %, every seed a won still won
+    d = paired_difference(a, b)
+    assert d.n == 200 and d.rate_a == 0.25 and d.rate_b == 0.5 and d.diff == 0.25
+    assert d.low < 0.25 < d.high and d.low > 0.15  # per-seed diffs are Bernoulli(0.25): sd/sqrt(n) ~ 0.031
+    only_shared = paired_difference({0: True, 1: False, 7: True}, {0: True, 1: True, 9: False})
+    assert only_shared.n == 2 and only_shared.diff == 0.5
+    with pytest.raises(ValueError, match="share no seed"):
+        paired_difference({0: True}, {1: True})

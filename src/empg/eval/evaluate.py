@@ -28,6 +28,7 @@ class EvalReport:
     table: dict[str, SuccessStats]
     mean_length: float
     invalid_rate: float
+    outcomes: dict[int, bool] | None = None  # env seed -> success, for paired comparisons of two evaluations
 
     @property
     def success(self) -> float:
@@ -52,7 +53,8 @@ class EvalReport:
     def from_dict(cls, d: dict[str, Any]) -> EvalReport:
         """Inverse of :meth:`to_dict`."""
         table = {k: SuccessStats(**v) for k, v in d["table"].items()}
-        return cls(d["env_id"], d["split"], d["episodes"], table, d["mean_length"], d["invalid_rate"])
+        outcomes = {int(k): bool(v) for k, v in d["outcomes"].items()} if d.get("outcomes") is not None else None
+        return cls(d["env_id"], d["split"], d["episodes"], table, d["mean_length"], d["invalid_rate"], outcomes)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -62,6 +64,7 @@ class EvalReport:
             "mean_length": self.mean_length,
             "invalid_rate": self.invalid_rate,
             "table": {k: v.to_dict() for k, v in self.table.items()},
+            "outcomes": None if self.outcomes is None else {str(k): v for k, v in self.outcomes.items()},
         }
 
 
@@ -147,6 +150,7 @@ def evaluate_policy(
         table=table,
         mean_length=n_steps / max(1, len(trajs)),
         invalid_rate=sum(t.n_invalid for t in trajs) / max(1, n_steps),
+        outcomes={t.seed: bool(t.success) for t in trajs},
     )
 
 
