@@ -4,6 +4,7 @@ Examples::
 
     empg train --config configs/household-tiny.yaml algo.zeta=0.05 seed=2
     empg train --resume runs/household-tiny
+    empg train --config configs/alfworld-qwen1.5b.yaml --dry-run
     empg sft --config configs/household-tiny.yaml
     empg eval runs/household-tiny --split eval_out --episodes 64
     empg plot runs/grpo runs/grpo-empg --out docs/figures
@@ -51,6 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="RUN_DIR",
         help="Continue the run in RUN_DIR from its latest checkpoint (its config.yaml; overrides apply).",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="Validate the config (as a real run does), build what needs no weights (one env reset and its prompt, "
+        "the model's architecture from config.json or a built-in table; nothing is downloaded), print the resolved "
+        "plan (model and parameter count, back ends, batch shapes, tokens per iteration, estimated GPU memory) and "
+        "exit 0 without training or writing anything.",
     )
     p = _train_parser(sub, "sft", "Behaviour cloning on expert demonstrations only (saves run_dir/base_model).")
     p.add_argument(
@@ -146,9 +155,13 @@ def _cmd_train(args: argparse.Namespace, console: Console) -> int:
             )
         saved = load_run_config(args.resume)
         cfg = apply_overrides(saved, [f"run_dir={args.resume}", *args.overrides])
-        train(cfg, resume=True, console=console)
     else:
-        train(load_config(args.config, args.overrides), console=console)
+        cfg = load_config(args.config, args.overrides)
+    if args.dry_run:
+        from empg.train.dryrun import dry_run
+
+        return dry_run(cfg, console)
+    train(cfg, resume=args.resume is not None, console=console)
     return 0
 
 
