@@ -8,8 +8,9 @@ Admissible lists can be long (ALFWorld rooms list dozens of ``go to``/``take`` a
 (default 50) are shown, in the env's order, followed by ``"… and K more"``; the env still accepts any valid action.
 
 Parsing (:func:`parse_action`): the action is the stripped, whitespace-collapsed text of the **first**
-``<action>…</action>`` span. The ``<think>`` part is not required. Missing/empty/unterminated/over-long actions give
-``None``: the rollout counts the step invalid (see :mod:`empg.rollout.collect`).
+``<action>…</action>`` span. The ``<think>`` part is not required. Missing/empty/unterminated/over-long actions, and
+a span holding a second ``<action>`` (nested opening tag), give ``None``: the rollout counts the step invalid (see
+:mod:`empg.rollout.collect`).
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def build_messages(
 
 
 def parse_action(text: str) -> str | None:
-    """The action inside the first ``<action>…</action>`` of ``text``; None when absent, empty or too long.
+    """The action inside the first ``<action>…</action>`` of ``text``; None when absent, empty, too long or nested.
 
     Whitespace inside the action is collapsed to single spaces. Never raises (any input, including non-str, is
     handled: non-str gives None).

@@ -13,7 +13,11 @@ QA data (HotpotQA, Musique … exported as JSONL) with :func:`load_qa_jsonl`.
   :class:`RetrieverError`; ``search_text(query, k)`` never raises: it returns the observation text, which says the
   search failed on timeouts, connection errors, HTTP errors and malformed replies.
 * :func:`serve_bm25`: a small server with the same API over a local corpus (bm25s), for tests and offline use;
-  also ``python -m empg.envs.adapters.retriever --corpus corpus.jsonl --port 8000``.
+  also ``python -m empg.envs.adapters.retriever --corpus corpus.jsonl --port 8000``. It bounds every request
+  (:class:`ServerLimits`: body size, queries per request, ``topk``, query length, a per-request socket timeout):
+  a request over a limit gets HTTP 413 (body) or 400 (the others) with a JSON body
+  ``{"error": ..., "limit": name, "max": value, "received": value}``; malformed JSON gets 400; a client that stalls
+  is dropped after the timeout (408 when it stalls inside the body). The server keeps serving after any of them.
 * :func:`load_qa_jsonl`: question/answers records.
 """
 
@@ -21,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Sequence
@@ -36,6 +42,7 @@ __all__ = [
     "Passage",
     "QAItem",
     "RetrieverError",
+    "ServerLimits",
     "format_passages",
     "load_qa_jsonl",
     "serve_bm25",
@@ -146,7 +153,8 @@ class HttpRetriever:
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
                     return response.read()
             except urllib.error.HTTPError as exc:
-                raise RetrieverError(f"the retrieval server answered HTTP {exc.code} ({exc.reason})") from exc
+                detail = _error_detail(exc)
+                raise RetrieverError(f"the retrieval server answered HTTP {exc.code} ({exc.reason}){detail}") from exc
             except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
                 last = exc
         reason = getattr(last, "reason", last)
@@ -154,15 +162,81 @@ class HttpRetriever:
         raise RetrieverError(f"the retrieval server at {self.url} {kind} ({reason})") from last
 
 
-# ----------------------------------------------------------------------------- local BM25 server
-class BM25RetrievalServer:
-    """A threaded HTTP server answering ``POST /retrieve`` over a fixed corpus with bm25s (see :func:`serve_bm25`)."""
+def _error_detail(exc: urllib.error.HTTPError) -> str:
+    """``": <server's error message>"`` when an HTTP error reply is JSON with an ``error`` string, else ``""``."""
+    try:
+        message = json.loads(exc.read(4096))["error"]
+    except Exception:  # noqa: BLE001 - any unreadable/odd error body just means no detail
+        return ""
+    return f": {message[:300]}" if isinstance(message, str) else ""
 
-    def __init__(self, contents: Sequence[str], host: str = "127.0.0.1", port: int = 0):
+
+# ----------------------------------------------------------------------------- local BM25 server
+@dataclass(frozen=True)
+class ServerLimits:
+    """Per-request bounds of :class:`BM25RetrievalServer` (the CLI flags of the same names set them).
+
+    Attributes:
+        max_body_bytes: largest accepted ``Content-Length`` (bigger: HTTP 413, the body is not parsed).
+        max_queries: most queries in one request.
+        max_topk: largest ``topk``.
+        max_query_chars: longest query, in characters.
+        request_timeout: seconds each socket read/write may wait, and the most the body of a request may take to
+            arrive; a client that stalls longer is dropped (408 when it stalls inside the body).
+    """
+
+    max_body_bytes: int = 1 << 20
+    max_queries: int = 512
+    max_topk: int = 100
+    max_query_chars: int = 4096
+    request_timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_body_bytes", "max_queries", "max_topk", "max_query_chars"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not self.request_timeout > 0:
+            raise ValueError(f"request_timeout must be > 0 seconds, got {self.request_timeout!r}")
+
+
+class _RequestError(Exception):
+    """A request the server refuses: HTTP ``code`` with a JSON error body (``limit``/``max``/``received`` if set)."""
+
+    def __init__(self, code: int, message: str, limit: str | None = None, maximum: Any = None, received: Any = None):
+        super().__init__(message)
+        self.code = code
+        self.body: dict[str, Any] = {"error": message}
+        if limit is not None:
+            self.body.update(limit=limit, max=maximum, received=received)
+
+
+_DRAIN_CAP = 16 << 20  # at most this many bytes of a refused body are read and discarded (see _discard)
+
+
+class BM25RetrievalServer:
+    """A threaded HTTP server answering ``POST /retrieve`` over a fixed corpus with bm25s (see :func:`serve_bm25`).
+
+    ``limits`` (a :class:`ServerLimits`) or its fields as keyword arguments bound each request; see the module
+    docstring for the error replies.
+    """
+
+    def __init__(
+        self,
+        contents: Sequence[str],
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        limits: ServerLimits | None = None,
+        **limit_kwargs: Any,
+    ):
         import bm25s
 
         if not contents:
             raise ValueError("the corpus is empty")
+        if limits is not None and limit_kwargs:
+            raise ValueError("pass either limits=ServerLimits(...) or its fields as keywords, not both")
+        self.limits = limits if limits is not None else ServerLimits(**limit_kwargs)
         self.contents = list(contents)
         self._bm25s = bm25s
         self._index = bm25s.BM25()
@@ -188,12 +262,43 @@ class BM25RetrievalServer:
             for row_i, row_s in zip(ids, scores, strict=True)
         ]
 
-    def _answer(self, body: dict) -> dict:
+    def _validate(self, body: Any) -> tuple[list[str], int, bool]:
+        """``(queries, topk, return_scores)`` of a request body, or :class:`_RequestError` (400) naming the problem."""
+        lim = self.limits
+        if not isinstance(body, dict):
+            raise _RequestError(400, f"the request body must be a JSON object, got {type(body).__name__}")
         queries, topk = body.get("queries"), body.get("topk", 3)
         if not isinstance(queries, list) or not all(isinstance(q, str) for q in queries):
-            raise ValueError("'queries' must be a list of strings")
+            raise _RequestError(400, "'queries' must be a list of strings")
+        if len(queries) > lim.max_queries:
+            raise _RequestError(
+                400,
+                f"{len(queries)} queries in one request; at most max_queries={lim.max_queries}",
+                "max_queries",
+                lim.max_queries,
+                len(queries),
+            )
+        for i, q in enumerate(queries):
+            if len(q) > lim.max_query_chars:
+                raise _RequestError(
+                    400,
+                    f"query {i} has {len(q)} characters; at most max_query_chars={lim.max_query_chars}",
+                    "max_query_chars",
+                    lim.max_query_chars,
+                    len(q),
+                )
+        if isinstance(topk, bool) or not isinstance(topk, int):
+            raise _RequestError(400, f"'topk' must be an integer, got {json.dumps(topk)[:50]}")
+        if not 1 <= topk <= lim.max_topk:
+            received = topk if abs(topk) < 10**18 else f"{str(topk)[:20]}... ({len(str(topk))} digits)"
+            raise _RequestError(
+                400, f"'topk' must be in [1, max_topk={lim.max_topk}]", "max_topk", lim.max_topk, received
+            )
+        return queries, topk, bool(body.get("return_scores", False))
+
+    def _answer(self, body: Any) -> dict:
+        queries, topk, with_scores = self._validate(body)
         hits = self.retrieve(queries, topk) if queries else []
-        with_scores = bool(body.get("return_scores", False))
         result = []
         for row in hits:
             docs = [{"id": str(i), "contents": self.contents[i]} for i, _ in row]
@@ -204,25 +309,108 @@ class BM25RetrievalServer:
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self
+        limits = self.limits
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = limits.request_timeout  # StreamRequestHandler: socket timeout of every read and write
+
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 if self.path.rstrip("/") != "/retrieve":
+                    self.close_connection = True
                     return self._send(404, {"error": f"unknown path {self.path}; POST /retrieve"})
                 try:
-                    length = int(self.headers.get("Content-Length", 0))
-                    reply = server._answer(json.loads(self.rfile.read(length) or b"{}"))
-                except (ValueError, TypeError, AttributeError) as exc:
-                    return self._send(400, {"error": str(exc)})
+                    raw = self._read_body()
+                    try:
+                        body = json.loads(raw or b"{}")
+                    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+                        raise _RequestError(400, f"malformed JSON: {str(exc)[:200]}") from exc
+                    reply = server._answer(body)
+                except _RequestError as exc:
+                    return self._send(exc.code, exc.body)
+                except Exception as exc:  # noqa: BLE001 - answer, never drop the connection silently
+                    return self._send(500, {"error": f"internal error: {type(exc).__name__}: {str(exc)[:200]}"})
                 self._send(200, reply)
+
+            def _read_body(self) -> bytes:
+                header = self.headers.get("Content-Length")
+                if header is None:
+                    return b""
+                try:
+                    length = int(header)
+                except ValueError:
+                    length = -1
+                if length < 0:
+                    self.close_connection = True
+                    raise _RequestError(400, f"bad Content-Length {header[:40]!r}")
+                if length > limits.max_body_bytes:
+                    self._refused_bytes = length
+                    raise _RequestError(
+                        413,
+                        f"request body of {length} bytes; at most max_body_bytes={limits.max_body_bytes}",
+                        "max_body_bytes",
+                        limits.max_body_bytes,
+                        length,
+                    )
+                deadline = time.monotonic() + limits.request_timeout
+                chunks, left = [], length
+                try:
+                    while left > 0:
+                        if time.monotonic() > deadline:
+                            raise TimeoutError
+                        chunk = self.rfile.read1(min(left, 65536))
+                        if not chunk:
+                            break
+                        chunks.append(chunk)
+                        left -= len(chunk)
+                except TimeoutError:
+                    self.close_connection = True
+                    raise _RequestError(
+                        408,
+                        f"the request body did not arrive within request_timeout={limits.request_timeout} s "
+                        f"({length - left} of {length} bytes)",
+                        "request_timeout",
+                        limits.request_timeout,
+                        length - left,
+                    ) from None
+                if left > 0:
+                    self.close_connection = True
+                    raise _RequestError(400, f"the body ended after {length - left} of {length} bytes")
+                return b"".join(chunks)
 
             def _send(self, code: int, obj: dict) -> None:
                 data = json.dumps(obj).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.send_response(code)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    self.wfile.flush()
+                except OSError:  # the client went away (or stalled past the timeout): nothing left to tell it
+                    self.close_connection = True
+                    return
+                refused = getattr(self, "_refused_bytes", 0)
+                if refused:
+                    self.close_connection = True
+                    self._discard(refused)
+
+            def _discard(self, n: int) -> None:
+                """Read and drop up to ``n`` bytes of a refused body (bounded by the timeout and _DRAIN_CAP).
+
+                Closing with unread data makes the kernel reset the connection, and the client would then often
+                see the reset instead of the 413; draining first lets it read the reply.
+                """
+                deadline = time.monotonic() + limits.request_timeout
+                left = min(n, _DRAIN_CAP)
+                try:
+                    self.connection.shutdown(socket.SHUT_WR)
+                    while left > 0 and time.monotonic() < deadline:
+                        chunk = self.rfile.read1(min(left, 65536))
+                        if not chunk:
+                            break
+                        left -= len(chunk)
+                except OSError:
+                    pass
 
             def log_message(self, *args: Any) -> None:  # keep test output clean
                 pass
@@ -251,7 +439,12 @@ class BM25RetrievalServer:
 
 
 def serve_bm25(
-    documents: Iterable[str | dict | Passage], host: str = "127.0.0.1", port: int = 0
+    documents: Iterable[str | dict | Passage],
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    limits: ServerLimits | None = None,
+    **limit_kwargs: Any,
 ) -> BM25RetrievalServer:
     """Start a Search-R1-compatible BM25 server over ``documents`` in a background thread.
 
@@ -260,6 +453,8 @@ def serve_bm25(
             :class:`Passage` objects.
         host: interface to bind (default localhost only).
         port: TCP port; 0 picks a free one (read ``server.url``).
+        limits: per-request bounds (:class:`ServerLimits`); or pass its fields as keywords
+            (``max_body_bytes=``, ``max_queries=``, ``max_topk=``, ``max_query_chars=``, ``request_timeout=``).
 
     Returns:
         The running server; use it as a context manager or call ``close()``.
@@ -272,7 +467,7 @@ def serve_bm25(
             contents.append(doc["contents"] if "contents" in doc else f'"{doc.get("title", "")}"\n{doc["text"]}')
         else:
             contents.append(str(doc))
-    return BM25RetrievalServer(contents, host, port).start()
+    return BM25RetrievalServer(contents, host, port, limits=limits, **limit_kwargs).start()
 
 
 # ----------------------------------------------------------------------------- QA data
@@ -320,14 +515,40 @@ def _read_corpus(path: Path) -> list[dict]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m empg.envs.adapters.retriever --corpus corpus.jsonl [--host H] [--port P]``."""
-    parser = argparse.ArgumentParser(description="Serve a JSONL corpus (contents or title/text) over /retrieve")
+    """``python -m empg.envs.adapters.retriever --corpus corpus.jsonl [--host H] [--port P] [limits]``."""
+    d = ServerLimits()
+    parser = argparse.ArgumentParser(
+        description="Serve a JSONL corpus (contents or title/text) over POST /retrieve (Search-R1 API). Requests over "
+        "a limit get HTTP 413 (body size) or 400 (the others) with a JSON error naming the limit and the value."
+    )
     parser.add_argument("--corpus", type=Path, required=True, help="JSONL with 'contents' or 'title'+'text'")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port (default: %(default)s)")
+    parser.add_argument(
+        "--max-body-bytes", type=int, default=d.max_body_bytes, help="largest request body (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--max-queries", type=int, default=d.max_queries, help="most queries per request (default: %(default)s)"
+    )
+    parser.add_argument("--max-topk", type=int, default=d.max_topk, help="largest topk (default: %(default)s)")
+    parser.add_argument(
+        "--max-query-chars", type=int, default=d.max_query_chars, help="longest query in chars (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--request-timeout",
+        type=float,
+        default=d.request_timeout,
+        help="seconds a client may stall on the socket, and the most its body may take (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
-    server = serve_bm25(_read_corpus(args.corpus), args.host, args.port)
-    print(f"serving {len(server.contents)} documents at {server.url}", flush=True)
+    try:
+        limits = ServerLimits(
+            args.max_body_bytes, args.max_queries, args.max_topk, args.max_query_chars, args.request_timeout
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    server = serve_bm25(_read_corpus(args.corpus), args.host, args.port, limits=limits)
+    print(f"serving {len(server.contents)} documents at {server.url} ({limits})", flush=True)
     try:
         threading.Event().wait()
     except KeyboardInterrupt:
