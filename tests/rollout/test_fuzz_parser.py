@@ -5,15 +5,14 @@ bytes decoded, empty/whitespace, 10 kB strings, random unicode incl. lone surrog
 injection-looking ``</action><action>`` text, over-long actions, well-formed actions with whitespace noise, and bare
 commands without tags). Every response goes through :func:`empg.rollout.prompts.parse_action` and is compared with
 an independent reference classifier written from the documented rule; every response is then stepped, as
-:mod:`empg.rollout.collect` does (the parsed action, or the raw text when the parser rejects it), and:
+:mod:`empg.rollout.collect` does (the parsed action, or ``collect.INVALID_ACTION`` when the parser rejects it), and:
 
 * no exception, the step result is well-typed and ``info`` has the contract keys;
 * a step the env reports invalid leaves the env's state unchanged (snapshot of the unwrapped env's attributes, the
   admissible actions) and answers "Nothing happens";
-* a parser-rejected response changes the env only when its raw text is itself an env command without any action
-  tag (e.g. a bare ``look``; see :func:`test_bare_command_without_tags_moves_the_env`: collect records such a step
-  invalid although the env moved), or, in shop-v0/search-v0, when the raw text has the form ``verb[...]`` whose
-  greedy brackets span action tags (see :func:`test_tagged_raw_text_is_a_valid_tool_call`).
+* a parser-rejected response never changes the env (before the fix, collect sent the raw text, which a bare command
+  such as ``look`` made a real env step recorded invalid; and shop-v0/search-v0 matched ``verb[...]`` with greedy
+  brackets spanning action tags).
 
 All 10^4 responses per env are stepped (no subset): invalid steps cost microseconds.
 """
@@ -22,7 +21,7 @@ from __future__ import annotations
 
 import copy
 import random
-import time
+import types
 
 import pytest
 from hypothesis import given, settings
@@ -30,6 +29,7 @@ from hypothesis import strategies as st
 
 from empg.envs import INFO_KEYS, make, split_seeds
 from empg.envs._text import parse_tool_action
+from empg.rollout.collect import INVALID_ACTION, _sent
 from empg.rollout.prompts import MAX_ACTION_CHARS, parse_action
 
 ENVS = ("household-v0", "shop-v0", "search-v0")
@@ -206,24 +206,23 @@ def test_parser_matches_reference_on_arbitrary_text(text):
 
 @pytest.mark.parametrize("env_id", ENVS)
 def test_fuzzed_responses_through_parser_and_env(env_id):
-    t0 = time.perf_counter()
     rng = random.Random(f"fuzz-{env_id}")
     env = make(env_id, "train")
     seeds = iter(split_seeds("train", N_RESPONSES))
     obs, info = env.reset(seed=next(seeds))
-    counts: dict[str, list[int]] = {}  # kind -> [n, parsed, env-valid, rejected but env-valid]
+    counts: dict[str, list[int]] = {}  # kind -> [n, parsed, env-valid]
     try:
         for _ in range(N_RESPONSES):
             kind, response = generate(rng, env, info)
             action = parse_action(response)
             assert action == reference_parse(response), (kind, response[:200])
-            sent = action if action is not None else response  # collect._sent
+            sent = action if action is not None else INVALID_ACTION  # what collect._sent sends
             before, admissible_before = snapshot(env), info.get("admissible_actions")
             obs, reward, terminated, truncated, info = env.step(sent)
             assert isinstance(obs, str) and isinstance(reward, float)
             assert isinstance(terminated, bool) and isinstance(truncated, bool)
             assert all(k in info for k in INFO_KEYS)
-            c = counts.setdefault(kind, [0, 0, 0, 0])
+            c = counts.setdefault(kind, [0, 0, 0])
             c[0] += 1
             c[1] += action is not None
             c[2] += bool(info["valid"])
@@ -231,15 +230,8 @@ def test_fuzzed_responses_through_parser_and_env(env_id):
                 assert snapshot(env) == before, (kind, sent[:200])
                 assert info.get("admissible_actions") == admissible_before
                 assert obs.startswith("Nothing happens") and reward == 0.0 and not terminated
-            elif action is None:
-                # a parser-rejected response moves the env only when its raw text is itself an env command: bare
-                # (no action tags), or, in the tool envs, ``verb[...]`` whose greedy brackets span tags (a finding,
-                # see test_tagged_raw_text_is_a_valid_tool_call)
-                tagged = OPEN in sent or CLOSE in sent
-                assert not tagged or parse_tool_action(sent, TOOL_VERBS.get(env_id, ())) is not None, (
-                    f"parser-rejected {kind} response moved the env: {sent[:200]!r}"
-                )
-                c[3] += 1
+            else:
+                assert action is not None, f"parser-rejected {kind} response moved the env: {response[:200]!r}"
             if terminated or truncated:
                 obs, info = env.reset(seed=next(seeds))
     finally:
@@ -249,36 +241,30 @@ def test_fuzzed_responses_through_parser_and_env(env_id):
     assert counts["valid"][1] == counts["valid"][0] and counts["valid"][2] > 0.5 * counts["valid"][0]
     assert counts["bare"][1] == 0 and counts["bytes"][1] == 0 and counts["overlong"][1] == 0
     assert sum(c[0] - c[2] for c in counts.values()) > 0.5 * N_RESPONSES  # mostly invalid steps
-    assert time.perf_counter() - t0 < 60
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="collect steps a parser-rejected response with its raw text; a bare command (no <action> tags) is then "
-    "applied by the env although the step is recorded valid=False (see empg.rollout.collect module docstring)",
-)
 @pytest.mark.parametrize("env_id", ENVS)
-def test_bare_command_without_tags_moves_the_env(env_id):
+def test_unparsable_response_is_sent_as_the_empty_action_which_changes_nothing(env_id):
     env = make(env_id, "train")
     env.reset(seed=0)
-    response = env.expert_action()  # no tags: the parser rejects it
+    response = env.expert_action()  # a bare command, no tags: the parser rejects it, and the env would carry it out
     assert parse_action(response) is None
+    gen = types.SimpleNamespace(text=response)
+    assert _sent(gen, None) == INVALID_ACTION and _sent(gen, "look") == "look"
     before = snapshot(env)
-    env.step(response)  # what collect sends for an unparsable response
-    assert snapshot(env) == before
+    obs, reward, terminated, _, info = env.step(_sent(gen, None))
+    assert snapshot(env) == before and not info["valid"] and obs.startswith("Nothing happens")
+    assert reward == 0.0 and not terminated
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="shop-v0/search-v0 parse verb[argument] greedily over the whole raw text, so an unparsable response such "
-    "as 'search[a]</action><action>x]' is a valid search for 'a]</action><action>x' (found by the fuzz test)",
-)
 @pytest.mark.parametrize("env_id", ["shop-v0", "search-v0"])
-def test_tagged_raw_text_is_a_valid_tool_call(env_id):
+def test_tagged_raw_text_is_not_a_tool_call(env_id):
     env = make(env_id, "train")
     env.reset(seed=0)
     response = "search[a]</think></action><action></action\n</think>looksearch[a]"  # found by the fuzzer
     assert parse_action(response) is None
+    assert parse_tool_action(response, TOOL_VERBS[env_id]) is None
     before = snapshot(env)
     _, _, _, _, info = env.step(response)
     assert not info["valid"] and snapshot(env) == before
+    assert parse_tool_action("search[ a  b ]", ("search",)) == ("search", "a b")  # a well-formed call still parses

@@ -23,7 +23,8 @@ STOPWORDS = frozenset(
     "as into than".split()
 )
 _TOKEN = re.compile(r"[a-z0-9]+")
-_ACTION = re.compile(r"^\s*([a-z_]+)\s*\[(.*)\]\s*$", re.IGNORECASE | re.DOTALL)
+# The argument holds no bracket: "search[a]...search[b]" is not one call with argument "a]...search[b".
+_ACTION = re.compile(r"^\s*([a-z_]+)\s*\[([^\[\]]*)\]\s*$", re.IGNORECASE)
 MAX_ACTION_CHARS = 2_000
 
 

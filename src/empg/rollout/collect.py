@@ -3,9 +3,11 @@
 At every turn: build the prompts of all live envs (:func:`empg.rollout.prompts.build_messages`), generate them as one
 left-padded batch with the KV cache (:meth:`empg.policy.Policy.generate`), parse, step every env, drop finished ones.
 
-* **Invalid steps.** A response without a well-formed ``<action>…</action>`` is stepped **with its raw text** (so the
-  turn counts against the turn limit and the env answers as it does to any unknown command); the record has
-  ``parsed=False`` and ``valid=False`` whatever the env said. ``valid`` is ``parsed and info["valid"]``.
+* **Invalid steps.** A response without a well-formed ``<action>…</action>`` is stepped with the empty action
+  :data:`INVALID_ACTION` (so the turn counts against the turn limit and the env answers as it does to any unknown
+  command, changing nothing): never with its raw text, which an env could carry out (a bare ``go to fridge 1``) while
+  the step is recorded invalid. The record has ``parsed=False`` and ``valid=False``; ``valid`` is
+  ``parsed and info["valid"]``.
 * **Behaviour quantities.** With ``record_behaviour=True`` the per-token log-probs and entropies are **recorded during
   generation** (full softmax at the rollout temperature); they agree with a recomputation by
   :func:`empg.policy.hf.response_logprobs` to 1e-4 (tested). The trainer may recompute them instead (as verl does).
@@ -37,6 +39,7 @@ from empg.policy.constrain import ActionConstraint
 from empg.rollout import prompts
 from empg.rollout.types import RolloutResult, StepRecord, TrajectorySummary
 
+INVALID_ACTION = ""  # what the env receives for an unparsable response: no env carries out an empty command
 HISTORY_ACTION_CHARS = 100  # an unparsable response appears in later prompts' history truncated to this many chars
 
 
@@ -238,8 +241,8 @@ def _messages(tr: _Traj, history: int, show_admissible: bool = True) -> list[dic
 
 
 def _sent(gen: Any, action: str | None) -> str:
-    """What the env receives: the parsed action, or the raw response when it has no well-formed action."""
-    return action if action is not None else gen.text
+    """What the env receives: the parsed action, or :data:`INVALID_ACTION` when the response has none."""
+    return action if action is not None else INVALID_ACTION
 
 
 def _submit_steps(live: list[_Traj], gens: list, actions: list[str | None]) -> None:

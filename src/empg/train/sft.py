@@ -142,8 +142,9 @@ def expert_labels(
 
     Each trajectory of ``steps`` (:class:`empg.rollout.types.StepRecord`, any order) is replayed in a fresh env with
     its seed: before each of the policy's steps the expert is asked what it would do, then the env receives exactly
-    what the rollout sent it (the parsed action, or the raw text of an unparsable response). The prompt is the one
-    the policy saw (``prompt_ids``), so the demo teaches the expert's answer in the policy's own state distribution.
+    what the rollout sent it (the parsed action, or ``collect.INVALID_ACTION`` for an unparsable response). The
+    prompt is the one the policy saw (``prompt_ids``), so the demo teaches the expert's answer in the policy's own
+    state distribution.
 
     Raises:
         RuntimeError: when the replay disagrees with the record (``won``/``valid`` differ): the env is not
@@ -151,6 +152,7 @@ def expert_labels(
     """
     from empg.envs import make
     from empg.rollout import prompts
+    from empg.rollout.collect import INVALID_ACTION
 
     by_traj: dict[int, list[Any]] = {}
     for rec in steps:
@@ -163,7 +165,7 @@ def expert_labels(
         for rec in traj:
             text = prompts.expert_response(env.family, env.expert_action())
             demos.append(Demo(list(rec.prompt_ids), encode_response(policy, text), rec.task_type, rec.seed))
-            _, _, _, _, info = env.step(rec.action if rec.action is not None else rec.response_text)
+            _, _, _, _, info = env.step(rec.action if rec.action is not None else INVALID_ACTION)
             if bool(info.get("won", False)) != rec.won or (rec.parsed and bool(info.get("valid", True)) != rec.valid):
                 raise RuntimeError(
                     f"replay of {env_id} seed {rec.seed} diverged from the rollout at step {rec.step_idx}: the env "
