@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from empg.policy.tiny import tiny_policy
+from empg.policy import Policy
 from empg.rollout.prompts import build_messages, expert_response
 
 CORPUS = [
@@ -23,7 +23,7 @@ TEXTS = [m[0]["content"] for m in CORPUS] + [
 @pytest.fixture(scope="session")
 def tiny():
     torch.manual_seed(0)
-    return tiny_policy(TEXTS * 3, "tiny-1m", seed=0, vocab_size=600)
+    return Policy.tiny(TEXTS * 3, "tiny-1m", seed=0, vocab_size=600)
 
 
 @pytest.fixture(scope="session")

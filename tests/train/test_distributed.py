@@ -16,6 +16,7 @@ from empg.train.config import TrainConfig
 from empg.train.distributed import (
     DistInfo,
     ddp_update_phase,
+    fsdp_reducer,
     gather_cat,
     global_step_advantages,
     init_distributed,
@@ -107,7 +108,7 @@ def one_update(steps, trajs, info: DistInfo, sharding: str = "ddp") -> dict:
     batch.advantages = advantage.to_tokens(adv, batch.response_mask)
     out = {}
     if sharding == "fsdp":  # rank 0 has 2 groups, rank 1 one: unequal micro-batch counts, padded to lock-step
-        metrics = rl.update_phase(run, batch, None, 0, fsdp.fsdp_reducer(info))
+        metrics = rl.update_phase(run, batch, None, 0, fsdp_reducer(info))
         fsdp.sync_rollout_weights(run)  # the unsharded copy (model) now holds the trained weights
         out["resharded_state_equal"] = _reshard_round_trip(run, info)
     else:

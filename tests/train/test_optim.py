@@ -14,7 +14,12 @@ from empg.train.optim import MasterAdamW, make_optimizer
 
 
 def test_a_bf16_run_keeps_bf16_parameters_and_writes_bf16_safetensors(tmp_path, tiny_model_dir, fast):
-    coin = ["env.id=parity_env:ParityEnv", "env.max_turns=2", "rollout.group_size=4"]  # groups with mixed outcomes
+    coin = [
+        "env.id=parity_env:ParityEnv",
+        "env.max_turns=2",
+        "rollout.group_size=4",
+        "rollout.constrain_actions=true",
+    ]  # groups with mixed outcomes
     cfg = load_config(
         None, fast(tmp_path / "run", tiny_model_dir, "model.dtype=bfloat16", "iterations=1", "algo.kl_coef=0.01", *coin)
     )

@@ -206,6 +206,7 @@ def test_dapo_keeps_informative_groups_and_updates(tmp_path, tiny_model_dir, fas
             tiny_model_dir,
             "env.id=parity_env:ParityEnv",
             "env.max_turns=2",
+            "rollout.constrain_actions=true",
             "algo.base=dapo",
             "algo.empg=true",
             "algo.max_resample_rounds=5",

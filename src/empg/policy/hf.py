@@ -30,6 +30,7 @@ from torch import Tensor
 
 from empg.algos.entropy import logprobs_and_entropy, masked_logprobs_and_entropy, token_logprobs
 from empg.policy.constrain import ActionConstraint, TokenTrie
+from empg.policy.tiny import build_tiny_model
 from empg.rollout.prompts import STOP_STRING
 from empg.train.batch import StepBatch, pack
 
@@ -139,6 +140,34 @@ class Policy:
         self.model.save_pretrained(path, safe_serialization=True)
         self.tokenizer.save_pretrained(path)
         return path
+
+    def save_atomic(self, path: str | Path, *, replace: bool = True) -> Path:
+        """:meth:`save` into a temporary sibling, then rename it to ``path``: a crash never leaves a half-written
+        directory. An existing ``path`` is replaced, or with ``replace=False`` kept (a cache entry another process
+        finished first) and this save discarded."""
+        import shutil
+
+        path = Path(path)
+        tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        self.save(tmp)
+        if replace and path.exists():
+            shutil.rmtree(path)
+        try:
+            os.replace(tmp, path)
+        except OSError:  # replace=False and the path exists
+            shutil.rmtree(tmp, ignore_errors=True)
+        return path
+
+    @classmethod
+    def tiny(cls, texts: list[str], preset: str = "tiny-1m", *, seed: int = 0, vocab_size: int = 2048) -> Policy:
+        """A tiny random-init policy (:mod:`empg.policy.tiny`) with a tokenizer trained on ``texts`` (custom corpora,
+        tests)."""
+        from empg.policy.tokenizer import train_tokenizer
+
+        tokenizer = train_tokenizer(texts, vocab_size=vocab_size)
+        return cls(build_tiny_model(preset, tokenizer, seed=seed), tokenizer, preset)
 
     @property
     def device(self) -> torch.device:
@@ -571,7 +600,6 @@ def _sample_loop(policy, prompt_ids, temperature, top_p, max_new_tokens, greedy,
 
 # ============================================================================== cached builds
 def _build_tiny_cached(spec: str, cache: Path, seed: int) -> Path:
-    from empg.policy.tiny import build_tiny_model
     from empg.policy.tokenizer import corpus_hash, env_corpus, train_tokenizer
 
     corpus = env_corpus()
@@ -579,7 +607,7 @@ def _build_tiny_cached(spec: str, cache: Path, seed: int) -> Path:
     if (path / "config.json").is_file():
         return path
     tokenizer = train_tokenizer(corpus)
-    _save_atomic(Policy(build_tiny_model(spec, tokenizer, seed=seed), tokenizer, spec), path)
+    Policy(build_tiny_model(spec, tokenizer, seed=seed), tokenizer, spec).save_atomic(path, replace=False)
     return path
 
 
@@ -613,19 +641,5 @@ def _convert_smollm_cached(cache: Path) -> Path:
     model.is_quantized = False
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    _save_atomic(Policy(model.eval(), tokenizer, SMOLLM_SPEC), path)
+    Policy(model.eval(), tokenizer, SMOLLM_SPEC).save_atomic(path, replace=False)
     return path
-
-
-def _save_atomic(policy: Policy, path: Path) -> None:
-    """Save into a temporary sibling and rename, so a crashed build never leaves a half-written cache entry."""
-    import shutil
-
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    policy.save(tmp)
-    try:
-        os.replace(tmp, path)
-    except OSError:  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)

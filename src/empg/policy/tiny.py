@@ -54,12 +54,3 @@ def build_tiny_model(preset: str, tokenizer, *, seed: int = 0) -> Qwen2ForCausal
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     return model.eval()
-
-
-def tiny_policy(texts: list[str], preset: str = "tiny-1m", *, seed: int = 0, vocab_size: int = 2048):
-    """A tiny :class:`empg.policy.Policy` with a tokenizer trained on ``texts`` (custom corpora, tests)."""
-    from empg.policy.hf import Policy
-    from empg.policy.tokenizer import train_tokenizer
-
-    tokenizer = train_tokenizer(texts, vocab_size=vocab_size)
-    return Policy(build_tiny_model(preset, tokenizer, seed=seed), tokenizer, preset)

@@ -275,6 +275,14 @@ def reducer(info: DistInfo) -> Any:
     )
 
 
+def fsdp_reducer(info: DistInfo) -> Any:
+    """:func:`reducer` without its gradient all-reduce (FSDP reduces gradients itself) and with lock-step
+    micro-batches."""
+    from empg.train import rl
+
+    return replace(reducer(info), grads=rl.LOCAL.grads, lockstep=True)
+
+
 def empty_batch() -> Any:
     """A zero-row ``StepBatch`` for a rank whose shard kept no step (it still joins every collective)."""
     from empg.train.batch import StepBatch
@@ -429,7 +437,7 @@ def train_distributed(cfg: Any, *, resume: bool = False, console: Any = None, in
                 batch.advantages = advantage.to_tokens(adv, batch.response_mask)
             t0 = time.perf_counter()
             if fsdp:
-                metrics.update(rl.update_phase(run, batch, ref_logp, it, fs.fsdp_reducer(info)))
+                metrics.update(rl.update_phase(run, batch, ref_logp, it, fsdp_reducer(info)))
                 fs.sync_rollout_weights(run)  # the unsharded copy generates and scores the next iteration
             else:
                 metrics.update(ddp_update_phase(run, batch, ref_logp, it, info))

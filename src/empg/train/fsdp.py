@@ -8,21 +8,21 @@ cannot do (each forward all-gathers); they use an unsharded copy (``run.policy``
 refreshes after every update, as hybrid engines (verl) refresh their rollout engine. That copy costs 1x the
 parameters, so a process holds about 1 + 3/N of them instead of 4.
 
-The update is the single-process one (:func:`empg.train.rl.update_phase`) with :func:`fsdp_reducer`: FSDP sums the
-gradients over processes itself (divide factor 1, matching the global loss denominators), and every process runs as
-many micro-batches as the busiest one (zero-loss passes on the others). Checkpoints gather the full AdamW state and
+The update is the single-process one (:func:`empg.train.rl.update_phase`) with
+:func:`empg.train.distributed.fsdp_reducer`: FSDP sums the gradients over processes itself (divide factor 1, matching
+the global loss denominators), and every process runs as many micro-batches as the busiest one (zero-loss passes on
+the others). Checkpoints gather the full AdamW state and
 write it in the single-process format, so a run can resume with either sharding, or in one process.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 from typing import Any
 
 import torch
 
-__all__ = ["fsdp_reducer", "full_optimizer", "shard_for_training", "sync_rollout_weights"]
+__all__ = ["full_optimizer", "shard_for_training", "sync_rollout_weights"]
 
 
 def shard_for_training(run: Any, info: Any) -> None:
@@ -74,15 +74,6 @@ def full_optimizer(run: Any) -> Any:
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     named = get_optimizer_state_dict(run.train_model, run.optimizer, options=options)
     return _StateOnly(_names_to_index(named, _param_names(run.train_model)))
-
-
-def fsdp_reducer(info: Any) -> Any:
-    """DDP's :func:`empg.train.distributed.reducer` without its gradient all-reduce (FSDP reduces gradients itself)
-    and with lock-step micro-batches."""
-    from empg.train import distributed as d
-    from empg.train import rl
-
-    return dataclasses.replace(d.reducer(info), grads=rl.LOCAL.grads, lockstep=True)
 
 
 # ----------------------------------------------------------------------------- helpers

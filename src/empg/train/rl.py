@@ -40,8 +40,6 @@ Which variant (METHOD.md is the source of truth):
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -58,6 +56,7 @@ from empg.train.config import TrainConfig, to_yaml
 from empg.train.metrics import MetricsLogger, NonFiniteError, check_finite, masked_mean, truncate_jsonl
 from empg.train.optim import make_optimizer, model_dtype
 from empg.train.progress import stamp
+from empg.train.sft import build_base_policy
 
 PHASES = {"tasks": 1, "rollout": 2, "shuffle": 3, "eval": 4, "sft": 5}
 
@@ -206,7 +205,7 @@ def setup_run(cfg: TrainConfig, *, resume: bool = False, console: Any = None) ->
                 console.print(f"warm start: {cfg.model.init} (verified against its manifest) -> {base_dir}")
         else:
             policy = build_base_policy(cfg, console=console)
-            _save_atomic(policy, base_dir)
+            policy.save_atomic(base_dir)
     dtype = model_dtype(cfg.model.dtype)
     policy = Policy.load(latest or base_dir, device=cfg.model.device, dtype=dtype)
     policy.model.eval()  # no dropout: rollout, scoring and update see the same function
@@ -237,24 +236,6 @@ def setup_run(cfg: TrainConfig, *, resume: bool = False, console: Any = None) ->
     return Run(cfg, run_dir, policy, optimizer, logger, start, pool, ref_model, console)
 
 
-def build_base_policy(cfg: TrainConfig, *, console: Any = None) -> Any:
-    """Build the model from ``model.spec`` and, when ``sft.enabled``, warm-start it by behaviour cloning."""
-    from empg.policy import Policy
-
-    policy = Policy.from_spec(
-        cfg.model.spec,
-        cache_dir=cfg.model.cache_dir,
-        device=cfg.model.device,
-        dtype=model_dtype(cfg.model.dtype),
-        seed=cfg.seed,
-    )
-    if cfg.sft.enabled:
-        from empg.train.sft import run_sft
-
-        run_sft(policy, cfg, Path(cfg.run_dir), console=console)
-    return policy
-
-
 def _quiet_transformers() -> None:
     """No per-load progress bars from transformers inside the training loop (ours is enough)."""
     try:
@@ -267,16 +248,6 @@ def _quiet_transformers() -> None:
 
 def _has_progress(run_dir: Path) -> bool:
     return (run_dir / "metrics.jsonl").is_file() or (run_dir / "checkpoints").is_dir()
-
-
-def _save_atomic(policy: Any, path: Path) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    policy.save(tmp)
-    if path.exists():
-        shutil.rmtree(path)
-    os.replace(tmp, path)
 
 
 # ============================================================================= 1. rollout

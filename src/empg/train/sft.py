@@ -27,7 +27,7 @@ import torch
 
 from empg.train.config import TrainConfig
 from empg.train.metrics import check_finite
-from empg.train.optim import make_optimizer
+from empg.train.optim import make_optimizer, model_dtype
 from empg.train.progress import stamp
 from empg.train.schedule import lr_factor
 
@@ -404,7 +404,6 @@ def run_sft_command(cfg: TrainConfig, *, console: Any = None, export: Path | Non
     from dataclasses import replace
 
     from empg.train.config import to_dict, to_yaml
-    from empg.train.rl import _save_atomic, build_base_policy
     from empg.train.warmstart import export as export_warmstart
 
     cfg = replace(cfg, model=replace(cfg.model, init=None))
@@ -412,7 +411,7 @@ def run_sft_command(cfg: TrainConfig, *, console: Any = None, export: Path | Non
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     policy = build_base_policy(cfg, console=console)
-    _save_atomic(policy, run_dir / "base_model")
+    policy.save_atomic(run_dir / "base_model")
     result = json.loads((run_dir / "sft.json").read_text())
     if export is not None:
         out = export_warmstart(
@@ -421,3 +420,19 @@ def run_sft_command(cfg: TrainConfig, *, console: Any = None, export: Path | Non
         if console is not None:
             console.print(f"warm start written to {out} (manifest.json lists the sha256 of every file)")
     return result
+
+
+def build_base_policy(cfg: TrainConfig, *, console: Any = None) -> Any:
+    """Build the model from ``model.spec`` and, when ``sft.enabled``, warm-start it by behaviour cloning."""
+    from empg.policy import Policy
+
+    policy = Policy.from_spec(
+        cfg.model.spec,
+        cache_dir=cfg.model.cache_dir,
+        device=cfg.model.device,
+        dtype=model_dtype(cfg.model.dtype),
+        seed=cfg.seed,
+    )
+    if cfg.sft.enabled:
+        run_sft(policy, cfg, Path(cfg.run_dir), console=console)
+    return policy
