@@ -78,3 +78,23 @@ def test_sft_export_builds_a_verified_warm_start(tmp_path, tiny_model_dir, fast)
     assert manifest["rebuild"].startswith("empg sft ") and manifest["rebuild"].endswith(f"--export {out}")
     assert manifest["sft"]["demo_episodes"] == 2 and "losses" not in manifest["sft"]
     assert manifest["config"]["model"]["init"] is None
+
+
+def test_every_packaged_warm_start_verifies_and_every_preset_names_one_that_exists():
+    from pathlib import Path
+
+    from empg.policy import Policy
+    from empg.train.warmstart import packaged
+
+    names = packaged()
+    assert "household-tiny-constrained" in names
+    for name in names:
+        manifest = verify(resolve(name))
+        assert manifest["name"] == name and "--export src/empg/warmstarts/" + name in manifest["rebuild"]
+        policy = Policy.load(resolve(name))
+        assert sum(p.numel() for p in policy.model.parameters()) > 0
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    for path in sorted(configs.glob("*.yaml")):
+        init = load_config(path).model.init
+        if init is not None and "/" not in init:
+            assert init in names, f"{path.name} names model.init={init!r}, which is not a packaged warm start"
