@@ -156,8 +156,10 @@ class Policy:
             shutil.rmtree(path)
         try:
             os.replace(tmp, path)
-        except OSError:  # replace=False and the path exists
+        except OSError:
             shutil.rmtree(tmp, ignore_errors=True)
+            if replace or not path.exists():
+                raise
         return path
 
     @classmethod

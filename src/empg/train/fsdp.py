@@ -11,8 +11,8 @@ parameters, so a process holds about 1 + 3/N of them instead of 4.
 The update is the single-process one (:func:`empg.train.rl.update_phase`) with
 :func:`empg.train.distributed.fsdp_reducer`: FSDP sums the gradients over processes itself (divide factor 1, matching
 the global loss denominators), and every process runs as many micro-batches as the busiest one (zero-loss passes on
-the others). Checkpoints gather the full AdamW state and
-write it in the single-process format, so a run can resume with either sharding, or in one process.
+the others). Checkpoints gather the full AdamW state and write it in the single-process format, so a run can resume
+with either sharding, or in one process.
 """
 
 from __future__ import annotations
