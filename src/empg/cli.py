@@ -78,7 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, default=None, help="A checkpoint or model dir (default: the latest).")
     p.add_argument("--greedy", action="store_true", help="Greedy decoding instead of eval.temperature.")
 
-    p = sub.add_parser("plot", help="Learning curves, step-entropy histograms and EMPG g/f plots as PNG.")
+    p = sub.add_parser(
+        "plot",
+        help="Learning curves (95 %% Wilson bands; paired gain over iteration 0 and paired differences between runs "
+        "of the same seed, with bootstrap CIs), step-entropy histograms and EMPG g/f plots as PNG.",
+    )
     p.add_argument("run_dirs", type=Path, nargs="+", help="Run folders of `empg train`; several are overlaid.")
     p.add_argument("--out", type=Path, default=None, help="Output folder (default: FIRST_RUN/plots).")
 
