@@ -1,4 +1,5 @@
-"""The ``empg`` command line: ``train``, ``sft``, ``eval``, ``plot``, ``envs``, ``sweep``, ``report``, ``prop1``.
+"""The ``empg`` command line: ``train``, ``sft``, ``eval``, ``plot``, ``inspect``, ``envs``, ``sweep``, ``report``,
+``prop1``.
 
 Examples::
 
@@ -8,6 +9,7 @@ Examples::
     empg sft --config configs/household-tiny.yaml
     empg eval runs/household-tiny --split eval_out --episodes 64
     empg plot runs/grpo runs/grpo-empg --out docs/figures
+    empg inspect runs/household-tiny --iteration 3
     empg envs
     empg sweep experiments/example.yaml --out runs/sweeps/example --parallel 2
     empg report runs/sweeps/example
@@ -77,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=None, help="Episodes (default: the run's eval.episodes).")
     p.add_argument("--checkpoint", type=Path, default=None, help="A checkpoint or model dir (default: the latest).")
     p.add_argument("--greedy", action="store_true", help="Greedy decoding instead of eval.temperature.")
+    p.add_argument(
+        "--sampling-seed",
+        type=int,
+        default=None,
+        help="Sampling seed (default: the run's, seed x 1,000,003, as in its training evaluations, so the result "
+        "pairs with them; pass another run's to pair a model with that run's evaluations).",
+    )
 
     p = sub.add_parser(
         "plot",
@@ -85,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("run_dirs", type=Path, nargs="+", help="Run folders of `empg train`; several are overlaid.")
     p.add_argument("--out", type=Path, default=None, help="Output folder (default: FIRST_RUN/plots).")
+
+    _inspect_parser(sub)
 
     p = sub.add_parser("envs", help="List the registered environments, or play one in the terminal.")
     envs_sub = p.add_subparsers(dest="envs_command")
@@ -96,6 +107,69 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--max-turns", type=int, default=None, help="Turn limit (default: the env's).")
     _experiment_parsers(sub)
     return parser
+
+
+INSPECT_EPILOG = """\
+Pages: with a folder as --out (the default RUN_DIR/inspect/) each page is named inspect_iter_NNNN.html, NNNN the
+iteration as in metrics.jsonl (4 digits); its previous/next links point to the neighbouring recorded iterations under
+those names in the same folder. The summary header gives the iteration's batch success rate, invalid rate and mean
+step entropy by outcome (metrics.jsonl) and the same for the episodes shown (a balanced sample, not the batch rate).
+Token colour: alpha = min(1, H / scale), the scale shown in the page's legend.
+
+Exit code 2 when RUN_DIR is not a run folder, has no trajectories.jsonl (train with log.trajectories>0, the default
+8), or has no records for --iteration (the message lists the iterations that have).
+
+Examples:
+  empg inspect runs/household-tiny                         # the last iteration -> runs/household-tiny/inspect/
+  empg inspect runs/household-tiny --iteration 3 --out page.html
+  empg inspect runs/household-tiny --all --out pages/      # every iteration, linked
+"""
+
+
+def _inspect_parser(sub: argparse._SubParsersAction) -> None:
+    """``inspect`` (code in :mod:`empg.eval.inspect`, not imported here: it pulls in scipy)."""
+    text = (
+        "One static HTML page (no server, no network; opens from disk) with the episodes the trainer logged to "
+        "RUN_DIR/trajectories.jsonl (log.trajectories per iteration), successes and failures side by side: per step "
+        "the observation, the response with each token coloured by its entropy, the action and its validity, the "
+        "step entropy H, EMPG's g and f, and the advantage before and after EMPG; filters by outcome and task type."
+    )
+    raw = argparse.RawDescriptionHelpFormatter
+    p = sub.add_parser("inspect", help=text, description=text, epilog=INSPECT_EPILOG, formatter_class=raw)
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="A run folder of `empg train` (trajectories.jsonl).")
+    p.add_argument(
+        "--iteration",
+        type=int,
+        default=None,
+        metavar="N",
+        help="The iteration to show, numbered as in metrics.jsonl (1 = after the first rollout; default: the last "
+        "one recorded). An iteration without records lists those that have.",
+    )
+    p.add_argument(
+        "--split", default="train", choices=["train"], help="Which episodes: training rollouts (the only ones logged)."
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="PAGE.html|DIR",
+        help="A .html file for the page, or a folder that gets inspect_iter_NNNN.html (default: RUN_DIR/inspect/). "
+        "The previous/next links use those names in the page's folder.",
+    )
+    p.add_argument(
+        "--all",
+        dest="every",
+        action="store_true",
+        help="Write the page of every recorded iteration into the --out folder (so the previous/next links work).",
+    )
+    p.add_argument(
+        "--entropy-scale",
+        type=float,
+        default=None,
+        metavar="NATS",
+        help="Token entropy drawn at full colour (default: the 95th percentile of the page's tokens, rounded up to "
+        "0.5 nats).",
+    )
 
 
 def _experiment_parsers(sub: argparse._SubParsersAction) -> None:
@@ -184,7 +258,12 @@ def _cmd_eval(args: argparse.Namespace, console: Console) -> int:
     from empg.eval.evaluate import evaluate_run, render_report
 
     report, path = evaluate_run(
-        args.run_dir, split=args.split, episodes=args.episodes, checkpoint=args.checkpoint, greedy=args.greedy
+        args.run_dir,
+        split=args.split,
+        episodes=args.episodes,
+        checkpoint=args.checkpoint,
+        greedy=args.greedy,
+        sampling_seed=args.sampling_seed,
     )
     console.print(render_report(report))
     console.print(f"saved {path}")
@@ -195,6 +274,26 @@ def _cmd_plot(args: argparse.Namespace, console: Console) -> int:
     from empg.eval.plots import plot_runs
 
     for path in plot_runs(args.run_dirs, args.out):
+        console.print(f"wrote {path}")
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace, console: Console) -> int:
+    from empg.eval.inspect import write_pages
+
+    try:
+        paths = write_pages(
+            args.run_dir,
+            iteration=args.iteration,
+            split=args.split,
+            out=args.out,
+            every=args.every,
+            scale=args.entropy_scale,
+        )
+    except LookupError as e:
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
+        return EXIT_CONFIG
+    for path in paths:
         console.print(f"wrote {path}")
     return 0
 
@@ -257,6 +356,7 @@ COMMANDS = {
     "sft": _cmd_sft,
     "eval": _cmd_eval,
     "plot": _cmd_plot,
+    "inspect": _cmd_inspect,
     "envs": _cmd_envs,
     "sweep": _cmd_sweep,
     "report": _cmd_report,

@@ -93,6 +93,22 @@ def test_empg_advantages_golden():
     assert advantage.advantage_phase(cfg_a, batch, steps, trajs, 0)[0].tolist() == pytest.approx(adv.tolist(), abs=1e-6)
 
 
+def test_advantage_details_expose_the_per_step_terms_without_changing_them():
+    batch, steps, trajs = _golden_batch()
+    cfg = load_config(None, ["algo.empg=true"])
+    details: dict = {}
+    adv, m = advantage.advantage_phase(cfg, batch, steps, trajs, 0, details=details)
+    assert adv.tolist() == pytest.approx([0.826266, 0.110323, -0.936590], abs=1e-5)  # the golden values above
+    assert details["final"].tolist() == adv.tolist()
+    assert details["base"].tolist() == pytest.approx([0.707107, 0.707107, -0.707107], abs=1e-6)
+    assert details["h"].tolist() == pytest.approx([0.0, 1.0, 0.5])
+    assert details["g"].tolist() == pytest.approx([1.519441, 0.558971, 0.921588], abs=1e-5)
+    assert details["f"].tolist() == pytest.approx([0.367879, 0.0, 0.0], abs=1e-5)  # 0 without a next step
+    plain: dict = {}
+    advantage.advantage_phase(load_config(None, ["algo.empg=false"]), batch, steps, trajs, 0, details=plain)
+    assert set(plain) == {"base", "final"}
+
+
 def test_invalid_step_penalty_hits_only_the_invalid_step():
     batch, steps, trajs = _golden_batch()
     steps[1].valid = False  # trajectory 0's second step (the successful trajectory)

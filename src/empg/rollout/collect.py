@@ -293,6 +293,7 @@ def _advance(tr: _Traj, prompt_ids: list[int], gen: Any, action: str | None, tok
             state_key=state_key(tr.obs, tr.info.get("admissible_actions")),
             allowed_ids=getattr(gen, "allowed_ids", None),
             constrained=getattr(gen, "constrained", None),
+            extra={"observation": tr.obs, "task": tr.task},  # what the step saw (for run_dir/trajectories.jsonl)
         )
     )
     history_action = action if action is not None else " ".join(gen.text.split())[:HISTORY_ACTION_CHARS]

@@ -48,6 +48,8 @@ class StepRecord:
     # decoded under the admissible-action trie, False when the step fell back to free text (no admissible actions).
     allowed_ids: list[list[int]] | None = None
     constrained: bool | None = None
+    # Free-form extras. The rollout sets "observation" (the env text this step acted on) and "task" (the episode's
+    # instruction), which run_dir/trajectories.jsonl shows (``empg.train.trajlog``).
     extra: dict = field(default_factory=dict)
 
 

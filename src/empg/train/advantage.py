@@ -53,8 +53,16 @@ def step_entropies(cfg: TrainConfig, batch: Any) -> torch.Tensor:
     return step_entropy(values, mask, mode=mode, weights=weights)
 
 
-def advantage_phase(cfg: TrainConfig, batch: Any, steps: list, trajs: list, it: int) -> tuple[torch.Tensor, dict]:
-    """Per-step advantages (S,) aligned with the batch rows: base GRPO/Dr.GRPO, then EMPG when enabled."""
+def advantage_phase(
+    cfg: TrainConfig, batch: Any, steps: list, trajs: list, it: int, *, details: dict | None = None
+) -> tuple[torch.Tensor, dict]:
+    """Per-step advantages (S,) aligned with the batch rows: base GRPO/Dr.GRPO, then EMPG when enabled.
+
+    With a ``details`` dict, also fills it with per-step (S,) tensors of the same computation (the numbers do not
+    change): ``"base"`` (the advantage before EMPG, GiGPO credit included), ``"final"`` (the returned one) and, when
+    EMPG is on, ``"h"`` (step entropy), ``"g"`` and ``"f"`` (:class:`empg.algos.empg.EMPGStats`; f is 0 on a last
+    step). :mod:`empg.train.trajlog` logs them per episode.
+    """
     from empg.algos import empg_transform_with_stats, grpo_advantages, step_level_grpo_advantages
 
     returns, group_id = episode_returns(cfg, trajs)
@@ -90,6 +98,8 @@ def advantage_phase(cfg: TrainConfig, batch: Any, steps: list, trajs: list, it: 
         metrics.update(stats("empg/g", st.g))
         metrics.update(stats("empg/f", st.f[st.has_next.bool()]))
         before = st.a_mod
+        if details is not None:
+            details.update(h=h, g=st.g, f=st.f)
     else:
         final = before = base
     invalid = torch.tensor([not s.valid for s in steps] if steps else [], dtype=torch.bool)
@@ -100,6 +110,8 @@ def advantage_phase(cfg: TrainConfig, batch: Any, steps: list, trajs: list, it: 
     if cfg.algo.negative_weight != 1.0:
         final = torch.where(final < 0, final * cfg.algo.negative_weight, final)
     check_finite("advantages", final, it)
+    if details is not None:
+        details.update(base=base, final=final)
     metrics.update(_adv_split("before", before, success))
     metrics.update(_adv_split("after", final, success))
     metrics.update({"adv/mean": float(final.mean()), "adv/min": float(final.min()), "adv/max": float(final.max())})

@@ -319,6 +319,12 @@ class LogConfig:
     plots: bool = _f(True, "Write run_dir/plots/*.png at the end of training (as `empg plot RUN_DIR`).")
     checkpoint_every: int = _f(1, "Checkpoint every N iterations (and after the last).")
     keep_checkpoints: int = _f(2, "Keep the newest N checkpoints (0 = keep all).")
+    trajectories: int = _f(
+        8,
+        "Episodes per RL iteration appended step by step to run_dir/trajectories.jsonl (observation, response, "
+        "action, validity, step entropy, EMPG g/f, advantage before/after, per-token entropies) for `empg inspect "
+        "RUN_DIR`: half successes and half failures when both exist, chosen by seed and iteration (0 = off).",
+    )
 
 
 @dataclass
@@ -400,6 +406,7 @@ def validate(cfg: TrainConfig, *, extras: bool = True) -> TrainConfig:
         ("eval.interim_episodes", 0),
         ("log.checkpoint_every", 1),
         ("log.keep_checkpoints", 0),
+        ("log.trajectories", 0),
         ("seed", 0),
     ]:
         value = get_field(cfg, name)

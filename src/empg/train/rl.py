@@ -57,6 +57,7 @@ from empg.train.metrics import MetricsLogger, NonFiniteError, check_finite, mask
 from empg.train.optim import make_optimizer, model_dtype
 from empg.train.progress import stamp
 from empg.train.sft import build_base_policy
+from empg.train.trajlog import log_trajectories
 
 PHASES = {"tasks": 1, "rollout": 2, "shuffle": 3, "eval": 4, "sft": 5}
 
@@ -132,9 +133,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, console: Any = None) -> lis
 
             # ----------------------------------------------------------------- 3. advantages: base (GRPO) → EMPG
             if batch is not None:
-                step_adv, adv_metrics = advantage_phase(cfg, batch, steps, trajs, it)
+                credit: dict = {}  # per-step base / g / f / final advantages, for the episode log
+                step_adv, adv_metrics = advantage_phase(cfg, batch, steps, trajs, it, details=credit)
                 metrics.update(adv_metrics)
                 batch.advantages = to_tokens(step_adv, batch.response_mask)
+                log_trajectories(run, batch, steps, trajs, credit, it + 1)  # run_dir/trajectories.jsonl
 
             # ----------------------------------------------------------------- 4. PPO update (+ vLLM weight sync)
             t0 = time.perf_counter()
@@ -220,7 +223,7 @@ def setup_run(cfg: TrainConfig, *, resume: bool = False, console: Any = None) ->
     start = 0
     if latest is not None:
         start = ckpt.restore_checkpoint(latest, optimizer)["iteration"]
-    for name in ("metrics.jsonl", "step_entropy.jsonl"):
+    for name in ("metrics.jsonl", "step_entropy.jsonl", "trajectories.jsonl"):
         truncate_jsonl(run_dir / name, start if latest is not None else -1)
 
     logger = MetricsLogger(
