@@ -187,14 +187,24 @@ def test_existing_run_dir_needs_resume(tmp_path, tiny_model_dir, capsys, fast):
 
 def test_eval_cli_prints_confidence_intervals(tmp_path, tiny_model_dir, capsys, fast):
     run_dir = tmp_path / "run"
-    assert main(["train", *fast(run_dir, tiny_model_dir, "iterations=1", "eval.every=0", "log.plots=true")]) == 0
+    run = fast(run_dir, tiny_model_dir, "iterations=1", "eval.every=1", "eval.episodes=3", "log.plots=true", "seed=2")
+    assert main(["train", *run]) == 0
     assert (run_dir / "plots" / "learning_curves.png").is_file()
     capsys.readouterr()
     assert main(["eval", str(run_dir), "--split", "eval_out", "--episodes", "2"]) == 0
     out = capsys.readouterr().out
     assert "95% CI" in out and "all" in out
-    report = json.loads((run_dir / "eval" / "eval_out_iter_0001.json").read_text())
+    report = json.loads((run_dir / "eval" / "cli" / "eval_out_iter_0001_n2_s2000006.json").read_text())
     assert report["episodes"] == 2 and report["table"]["all"]["n"] == 2
+    # the run's own sampling seed (seed x 1,000,003) and episode count reproduce its final evaluation seed for seed,
+    # and the training loop's record is left as it was
+    trained = (run_dir / "eval" / "eval_out_iter_0001.json").read_text()
+    assert main(["eval", str(run_dir), "--split", "eval_out"]) == 0
+    again = json.loads((run_dir / "eval" / "cli" / "eval_out_iter_0001_n3_s2000006.json").read_text())
+    assert again["outcomes"] == json.loads(trained)["outcomes"] and len(again["outcomes"]) == 3
+    assert (run_dir / "eval" / "eval_out_iter_0001.json").read_text() == trained
+    assert main(["eval", str(run_dir), "--split", "eval_in", "--sampling-seed", "7", "--greedy"]) == 0
+    assert (run_dir / "eval" / "cli" / "eval_in_iter_0001_n3_s7_greedy.json").is_file()
 
 
 def test_dapo_keeps_informative_groups_and_updates(tmp_path, tiny_model_dir, fast):
