@@ -101,8 +101,14 @@ def tiny_run(tiny, tmp_path_factory):
     tiny.save(root / "model")
     run_dir = root / "run"
     overrides = [f"run_dir={run_dir}", f"model.spec={root / 'model'}", "iterations=0", "sft.enabled=false"]
-    overrides += ["env.max_turns=3", "rollout.max_new_tokens=12", "log.plots=false", "log.progress=false"]
-    assert main(["train", "--config", "configs/household-tiny.yaml", *overrides]) == 0
+    overrides += [
+        "env.max_turns=3",
+        "rollout.max_new_tokens=12",
+        "rollout.constrain_actions=false",
+        "log.plots=false",
+        "log.progress=false",
+    ]
+    assert main(["train", "--config", "configs/household-tiny.yaml", "model.init=null", *overrides]) == 0
     return run_dir
 
 

@@ -27,7 +27,14 @@ PRESETS = sorted(CONFIGS.glob("*.yaml"))
 
 def test_required_presets_exist():
     names = {p.stem for p in PRESETS}
-    assert {"household-tiny", "shop-tiny", "search-tiny", "household-smollm", "alfworld-qwen1.5b"} <= names
+    assert {
+        "household-tiny",
+        "household-tiny-sft",
+        "shop-tiny",
+        "search-tiny",
+        "household-smollm",
+        "alfworld-qwen1.5b",
+    } <= names
 
 
 @pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)
