@@ -373,6 +373,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, FileExistsError) as e:
         Console(stderr=True).print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
         return EXIT_CONFIG
+    except (ValueError, OSError) as e:  # a checkpoint that cannot be resumed, or a full / read-only disk
+        from empg.train.checkpoint import CheckpointError, write_error
+
+        err = write_error(e) if isinstance(e, OSError) else e
+        if not isinstance(err, CheckpointError):
+            raise
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
+        return EXIT_CONFIG
 
 
 if __name__ == "__main__":

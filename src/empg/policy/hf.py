@@ -130,7 +130,8 @@ class Policy:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(source, **kw)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kw)
+        # safetensors only: a pytorch_model.bin next to (or instead of) model.safetensors is never unpickled
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, use_safetensors=True, **kw)
         return cls(model.to(device).eval(), tokenizer, name)
 
     def save(self, path: str | Path) -> Path:

@@ -378,7 +378,7 @@ def _setup_worker_run(cfg: Any, info: DistInfo, resume: bool) -> Any:
     from empg.train import rl
 
     run_dir = Path(cfg.run_dir)
-    latest = ckpt.latest_checkpoint(run_dir) if resume else None
+    latest = ckpt.resume_checkpoint(run_dir, quiet=True) if resume else None  # the one rank 0 chose
     from empg.train.optim import make_optimizer, model_dtype
 
     dtype = model_dtype(cfg.model.dtype)

@@ -188,7 +188,7 @@ def setup_run(cfg: TrainConfig, *, resume: bool = False, console: Any = None) ->
 
     _quiet_transformers()
     run_dir = Path(cfg.run_dir)
-    latest = ckpt.latest_checkpoint(run_dir) if resume else None
+    latest = ckpt.resume_checkpoint(run_dir, console=console) if resume else None  # newest complete one
     if not resume and _has_progress(run_dir):
         raise FileExistsError(
             f"run_dir {run_dir} already holds a run; continue it with `empg train --resume {run_dir}` "
