@@ -13,7 +13,6 @@ import subprocess
 from types import SimpleNamespace
 
 import pytest
-import torch
 
 from empg.cli import main
 from empg.eval import inspect as page
@@ -154,38 +153,14 @@ def test_zero_trajectories_writes_nothing(tmp_path):
 
 
 # ----------------------------------------------------------------------------- end to end: train, then inspect
-FAST = [
-    "iterations=2",
-    "env.id=household-v0",
-    "env.max_turns=3",
-    "rollout.history=1",
-    "env.train_pool=50",
-    "rollout.n_tasks=2",
-    "rollout.group_size=2",
-    "rollout.max_new_tokens=16",
-    "sft.enabled=false",
-    "optim.lr=1e-3",
-    "optim.micro_batch_size=4",
-    "eval.every=0",
-    "log.progress=false",
-    "log.plots=false",
-    "algo.empg=true",
-]
-
-
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, make_micro_policy):
-    """(run_dir, policy): 2 RL iterations of a micro Qwen2 (1 layer, hidden 32) on household-v0, 4 episodes each."""
+def trained(tmp_path_factory, tiny_model_dir, fast):
+    """(run_dir, policy): 2 RL iterations of the session's micro Qwen2 on household-v0, 4 episodes each."""
     from empg.policy import Policy
-    from empg.policy.tokenizer import env_corpus, train_tokenizer
 
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("inspect")
-    tok = train_tokenizer(env_corpus(("household-v0",), episodes=8), vocab_size=1024)
-    make_micro_policy(tok).save(root / "model")
-    run_dir = root / "run"
-    assert main(["train", f"run_dir={run_dir}", f"model.spec={root / 'model'}", *FAST]) == 0
-    return run_dir, Policy.load(root / "model")
+    run_dir = tmp_path_factory.mktemp("inspect") / "run"
+    assert main(["train", *fast(run_dir, tiny_model_dir, "eval.every=0", "algo.empg=true")]) == 0
+    return run_dir, Policy.load(tiny_model_dir)
 
 
 def test_trainer_logs_every_step_of_the_sampled_episodes(trained):
