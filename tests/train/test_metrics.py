@@ -55,3 +55,14 @@ def test_logger_writes_jsonl_and_truncate(tmp_path):
     json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
     truncate_jsonl(tmp_path / "metrics.jsonl", -1)
     assert read_metrics(tmp_path) == []
+
+
+def test_truncate_drops_a_row_cut_short_by_a_crash(tmp_path):
+    path = tmp_path / "trajectories.jsonl"
+    rows = [json.dumps({"iteration": i, "text": "x" * 50}) for i in (1, 2)]
+    path.write_text(rows[0] + "\n" + rows[1][:30])  # killed in the middle of iteration 2's write
+    truncate_jsonl(path, 2)
+    assert path.read_text() == rows[0] + "\n"
+    path.write_text(rows[0][:30] + "\n" + rows[1] + "\n")  # damage elsewhere is not a crash's: it still raises
+    with pytest.raises(ValueError):
+        truncate_jsonl(path, 2)

@@ -59,6 +59,34 @@ def test_behaviour_cloning_loss_goes_down(tiny_model_dir):
     assert last < 0.8 * first, (first, last)
 
 
+def test_sft_killed_mid_way_resumes_from_its_checkpoint_bit_for_bit(tmp_path, tiny_model_dir):
+    import torch
+
+    from empg.policy import Policy
+
+    demos = collect_demos(Policy.load(tiny_model_dir), "household-v0", split_seeds("train", 1), max_turns=20)[:7]
+    args = dict(steps=7, batch_size=3, lr=1e-2, seed=0, group_by_length=True, schedule="cosine", warmup_steps=2)
+    full = Policy.load(tiny_model_dir)
+    reference = sft_train(full, demos, **args)
+
+    def killed_after_step_3(step, loss):
+        if step == 3:
+            raise KeyboardInterrupt("killed")
+
+    ck = dict(checkpoint_dir=tmp_path / "sft", checkpoint_every=3)
+    with pytest.raises(KeyboardInterrupt):
+        sft_train(Policy.load(tiny_model_dir), demos, **args, **ck, progress=killed_after_step_3)
+    resumed, seen = Policy.load(tiny_model_dir), []
+    assert sft_train(resumed, demos, **args, **ck, progress=lambda step, loss: seen.append(step)) == reference
+    assert seen == [3, 4, 5, 6]  # steps 0-2 came from the checkpoint at step 3
+    for (name, a), b in zip(full.model.named_parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(a, b), name
+
+    seen.clear()  # another SFT (other seed) does not resume from this one's checkpoint
+    sft_train(Policy.load(tiny_model_dir), demos, **{**args, "seed": 1}, **ck, progress=lambda s, _: seen.append(s))
+    assert seen == list(range(7))
+
+
 def test_length_grouped_order_is_a_permutation_of_similar_length_batches():
     import random
 
@@ -101,6 +129,7 @@ def test_sft_command_saves_base_model_and_report(tmp_path, tiny_model_dir):
     assert report["demo_episodes"] == 2 and len(report["losses"]) == 4
     assert 0.0 <= report["eval_in/success"] <= 1.0 and "eval_out/success" in report
     assert (run_dir / "base_model" / "config.json").is_file()
+    assert not (run_dir / "checkpoints").exists()  # SFT's checkpoints are deleted once base_model is saved
 
 
 def _spy_on_envs(monkeypatch) -> list:

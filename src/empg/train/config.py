@@ -127,7 +127,9 @@ class RolloutConfig:
 class SFTConfig:
     """Behaviour-cloning warm start on expert demonstrations (`empg sft`, or phase 1 of `empg train`)."""
 
-    enabled: bool = _f(False, "Run SFT before RL in `empg train` (skipped on resume).")
+    enabled: bool = _f(
+        False, "Run SFT before RL in `empg train` (on resume: continued from its checkpoint, skipped once done)."
+    )
     episodes: int = _f(64, "Expert episodes collected from the train split for the demonstration set.")
     seed_offset: int = _f(100000, "Demo seeds are the first `episodes` train seeds >= this offset (apart from RL).")
     steps: int = _f(200, "Optimizer steps of behaviour cloning.")
@@ -165,6 +167,11 @@ class SFTConfig:
     dagger_episodes: int = _f(64, "DAgger: policy episodes per round (train seeds after the demo seeds).")
     dagger_steps: int = _f(500, "DAgger: optimizer steps per round (fresh AdamW, same lr, schedule and warm-up).")
     eval_episodes: int = _f(32, "Episodes per eval split evaluated after SFT (0 = skip).")
+    checkpoint_every: int = _f(
+        100,
+        "Save SFT's training state to run_dir/checkpoints/sft every N steps (and after the last), so a run killed "
+        "during SFT resumes it there (removed once base_model is saved; 0 = never: a resume redoes SFT).",
+    )
 
 
 @dataclass
@@ -395,6 +402,7 @@ def validate(cfg: TrainConfig, *, extras: bool = True) -> TrainConfig:
         ("sft.dagger_rounds", 0),
         ("sft.dagger_episodes", 1),
         ("sft.dagger_steps", 1),
+        ("sft.checkpoint_every", 0),
         ("algo.max_resample_rounds", 0),
         ("algo.overlong_buffer", 0),
         ("algo.ppo_epochs", 1),

@@ -162,15 +162,24 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 
 def truncate_jsonl(path: str | Path, max_iteration: int) -> None:
-    """Drop rows with ``iteration > max_iteration`` (resume: the run continues after its last checkpoint)."""
+    """Drop rows with ``iteration > max_iteration`` (resume: the run continues after its last checkpoint), and a last
+    row that a crash cut short (no newline, not parsing: a write of several buffers killed in between)."""
     path = Path(path)
     if not path.is_file():
         return
-    keep = [
-        line
-        for line in path.read_text().splitlines()
-        if line.strip() and json.loads(line).get("iteration", 0) <= max_iteration
-    ]
+    text = path.read_text(errors="surrogateescape")  # a cut-short row may end in part of a UTF-8 character
+    lines = [line for line in text.splitlines() if line.strip()]
+    if lines and not text.endswith("\n") and not _parses(lines[-1]):
+        lines.pop()
+    keep = [line for line in lines if json.loads(line).get("iteration", 0) <= max_iteration]
     tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in keep))
+    tmp.write_text("".join(line + "\n" for line in keep), errors="surrogateescape")
     tmp.replace(path)
+
+
+def _parses(line: str) -> bool:
+    try:
+        json.loads(line)
+    except ValueError:
+        return False
+    return True

@@ -56,7 +56,7 @@ from empg.train.config import TrainConfig, to_yaml
 from empg.train.metrics import MetricsLogger, NonFiniteError, check_finite, masked_mean, truncate_jsonl
 from empg.train.optim import make_optimizer, model_dtype
 from empg.train.progress import stamp
-from empg.train.sft import build_base_policy
+from empg.train.sft import build_base_policy, save_base_model
 from empg.train.trajlog import log_trajectories
 
 PHASES = {"tasks": 1, "rollout": 2, "shuffle": 3, "eval": 4, "sft": 5}
@@ -195,7 +195,9 @@ def setup_run(cfg: TrainConfig, *, resume: bool = False, console: Any = None) ->
             "or choose a new run_dir=..."
         )
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    tmp = run_dir / ".config.yaml.tmp"  # replaced atomically: a kill never leaves --resume an empty config.yaml
+    tmp.write_text(to_yaml(cfg))
+    tmp.replace(run_dir / "config.yaml")
     torch.manual_seed(cfg.seed)
 
     base_dir = run_dir / "base_model"
@@ -208,7 +210,7 @@ def setup_run(cfg: TrainConfig, *, resume: bool = False, console: Any = None) ->
                 console.print(f"warm start: {cfg.model.init} (verified against its manifest) -> {base_dir}")
         else:
             policy = build_base_policy(cfg, console=console)
-            policy.save_atomic(base_dir)
+            save_base_model(policy, run_dir)  # and delete SFT's checkpoints
     dtype = model_dtype(cfg.model.dtype)
     policy = Policy.load(latest or base_dir, device=cfg.model.device, dtype=dtype)
     policy.model.eval()  # no dropout: rollout, scoring and update see the same function

@@ -11,6 +11,11 @@
    only ever sees the expert's states; DAgger adds the states the policy's own mistakes lead to.
 4. **Evaluation** on ``eval.splits`` (``sft.eval_episodes`` each), written to ``run_dir/sft.json``.
 
+Every ``sft.checkpoint_every`` steps (and after the last) the training state (weights, AdamW, the shuffling generator
+and the batch order) goes to ``run_dir/checkpoints/sft/<phase>/`` (:func:`empg.train.checkpoint.save_checkpoint`), so
+``empg train --resume`` after a kill during SFT continues SFT from there, bit for bit; demos and DAgger rollouts are
+recomputed (deterministic). The directory is removed once ``base_model`` is saved (:func:`save_base_model`).
+
 The preset's ``sft.steps`` is deliberately short: the policy should stop imperfect (20-50 % success on household) so
 that RL has room to show what it adds.
 """
@@ -18,13 +23,16 @@ that RL has room to show what it adds.
 from __future__ import annotations
 
 import json
+import shutil
 import time
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from empg.train import checkpoint as ckpt
 from empg.train.config import TrainConfig
 from empg.train.metrics import check_finite
 from empg.train.optim import make_optimizer, model_dtype
@@ -197,6 +205,8 @@ def sft_train(
     seed: int = 0,
     group_by_length: bool = False,
     progress: Any = None,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 0,
 ) -> list[float]:
     """Masked next-token loss on the response tokens; returns the loss of every step.
 
@@ -208,6 +218,10 @@ def sft_train(
         seed: seeds the mini-batch shuffling.
         group_by_length: batches of similar-length demos (:func:`length_grouped_order`) instead of uniform ones.
         progress: optional callable ``progress(step, loss)``.
+        checkpoint_dir, checkpoint_every: save the training state under ``checkpoint_dir`` every ``checkpoint_every``
+            steps and after the last (0: never); a call that finds there a checkpoint of the same demos and settings
+            continues after its step (the result is the one of an uninterrupted call, bit for bit), one of other
+            demos or settings is deleted.
     """
     from empg.policy.hf import response_logprobs
     from empg.train.batch import sft_batch
@@ -222,9 +236,14 @@ def sft_train(
     gen = torch.Generator().manual_seed(seed)
     order: list[int] = []
     losses: list[float] = []
+    start, key = 0, ""
+    if checkpoint_dir is not None and checkpoint_every > 0:
+        key = _fingerprint(demos, steps, batch_size, lr, weight_decay, schedule, warmup_steps, seed, group_by_length)
+        start, order, losses = _restore(Path(checkpoint_dir), key, model, opt, gen)
+        sched.last_epoch = start  # the optimizer's param groups (restored) already hold that step's lr
     lengths = [len(d.prompt_ids) + len(d.response_ids) for d in demos]
     model.eval()  # dropout off, as in RL
-    for step in range(steps):
+    for step in range(start, steps):
         if len(order) < batch_size:
             perm = torch.randperm(len(demos), generator=gen).tolist()
             order.extend(length_grouped_order(perm, lengths, batch_size, gen) if group_by_length else perm)
@@ -240,9 +259,56 @@ def sft_train(
         opt.step()
         sched.step()
         losses.append(float(loss.detach()))
+        if key and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
+            extra = {"key": key, "generator": ckpt._b64(gen.get_state()), "order": order, "losses": losses}
+            ckpt.save_checkpoint(checkpoint_dir, step + 1, _Weights(model), opt, extra=extra, keep=1)
         if progress is not None:
             progress(step, losses[-1])
     return losses
+
+
+class _Weights:
+    """What an SFT checkpoint holds of the model: its parameters (``weights.safetensors``; no tokenizer, no config)."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+
+    def save(self, path: Path) -> None:
+        from safetensors.torch import save_file
+
+        path.mkdir(parents=True)
+        save_file(
+            {k: p.detach().cpu().contiguous() for k, p in self.model.named_parameters()},
+            str(path / "weights.safetensors"),
+        )
+
+
+def _fingerprint(demos: list[Demo], *settings: Any) -> str:
+    import hashlib
+
+    h = hashlib.sha256(json.dumps(settings).encode())
+    for d in demos:
+        h.update(array("q", [*d.prompt_ids, -1, *d.response_ids, -2]).tobytes())
+    return h.hexdigest()
+
+
+def _restore(root: Path, key: str, model: Any, opt: Any, gen: torch.Generator) -> tuple[int, list[int], list[float]]:
+    """(steps done, batch order, losses) of the checkpoint under ``root`` (weights, AdamW, generator and global RNG
+    restored); (0, [], []) when there is none or it is another SFT's (then deleted)."""
+    from safetensors.torch import load_file
+
+    last = ckpt.latest_checkpoint(root)
+    extra = ckpt.load_state(last)["extra"] if last is not None else {}
+    if extra.get("key") != key:
+        shutil.rmtree(root, ignore_errors=True)
+        return 0, [], []
+    state = ckpt.restore_checkpoint(last, opt)
+    weights = load_file(str(last / "weights.safetensors"))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(weights[name])
+    gen.set_state(ckpt._unb64(extra["generator"]))
+    return state["iteration"], extra["order"], extra["losses"]
 
 
 def length_grouped_order(
@@ -284,7 +350,7 @@ def run_sft(policy: Any, cfg: TrainConfig, run_dir: Path, *, console: Any = None
     torch.manual_seed(cfg.seed)
     stamp(console, f"SFT: {len(demos)} demonstration steps from {len(seeds)} expert episodes ({t_demos:.0f} s)")
     with _sft_progress(console, cfg.sft.steps, every=cfg.log.every) as progress:
-        losses = _train(policy, demos, cfg, cfg.sft.steps, cfg.seed, progress)
+        losses = _train(policy, demos, cfg, cfg.sft.steps, cfg.seed, progress, run_dir, "bc")
     t_train = time.perf_counter() - t0 - t_demos
     result: dict[str, Any] = {
         "demo_episodes": len(seeds),
@@ -297,7 +363,7 @@ def run_sft(policy: Any, cfg: TrainConfig, run_dir: Path, *, console: Any = None
         "time/train": t_train,
     }
     if cfg.sft.dagger_rounds:
-        result["dagger"] = _dagger(policy, cfg, demos, console)
+        result["dagger"] = _dagger(policy, cfg, demos, console, run_dir)
     if cfg.sft.eval_episodes > 0:
         t1 = time.perf_counter()
         for split in cfg.eval.splits:
@@ -314,15 +380,33 @@ def run_sft(policy: Any, cfg: TrainConfig, run_dir: Path, *, console: Any = None
     return result
 
 
-def _train(policy: Any, demos: list[Demo], cfg: TrainConfig, steps: int, seed: int, progress: Any) -> list[float]:
-    """:func:`sft_train` with the config's optimizer settings."""
+def _train(policy: Any, demos: list[Demo], cfg: TrainConfig, steps: int, seed: int, progress: Any, run_dir: Path,
+           phase: str) -> list[float]:  # fmt: skip
+    """:func:`sft_train` with the config's optimizer and checkpoint settings (``checkpoints/sft/<phase>``)."""
     s = cfg.sft
     return sft_train(policy, demos, steps=steps, batch_size=s.batch_size, lr=s.lr, weight_decay=s.weight_decay,
                      schedule=s.schedule, warmup_steps=s.warmup_steps, seed=seed, group_by_length=s.group_by_length,
-                     progress=progress)  # fmt: skip
+                     progress=progress, checkpoint_dir=sft_checkpoints(run_dir) / phase,
+                     checkpoint_every=s.checkpoint_every)  # fmt: skip
 
 
-def _dagger(policy: Any, cfg: TrainConfig, demos: list[Demo], console: Any) -> list[dict]:
+def sft_checkpoints(run_dir: str | Path) -> Path:
+    """Where SFT's checkpoints go (one directory per training phase: ``bc``, ``dagger_1``, ...)."""
+    return Path(run_dir) / "checkpoints" / "sft"
+
+
+def save_base_model(policy: Any, run_dir: str | Path) -> Path:
+    """Save ``run_dir/base_model`` atomically, then delete SFT's checkpoints (and ``checkpoints/`` if left empty)."""
+    out = policy.save_atomic(Path(run_dir) / "base_model")
+    shutil.rmtree(sft_checkpoints(run_dir), ignore_errors=True)
+    try:
+        sft_checkpoints(run_dir).parent.rmdir()
+    except OSError:  # not empty (RL checkpoints), or absent
+        pass
+    return out
+
+
+def _dagger(policy: Any, cfg: TrainConfig, demos: list[Demo], console: Any, run_dir: Path) -> list[dict]:
     """``sft.dagger_rounds`` rounds of: roll out the policy on fresh train seeds (rollout temperature), label the
     visited states with the expert (:func:`expert_labels`), train on all demos so far. Returns one dict per round
     (its rollout success is the policy's before that round's training)."""
@@ -359,7 +443,9 @@ def _dagger(policy: Any, cfg: TrainConfig, demos: list[Demo], console: Any) -> l
         t_rollout = time.perf_counter() - t0
         label = f"DAgger {r + 1}/{cfg.sft.dagger_rounds}"
         with _sft_progress(console, cfg.sft.dagger_steps, label, every=cfg.log.every) as progress:
-            losses = _train(policy, demos, cfg, cfg.sft.dagger_steps, cfg.seed + 1 + r, progress)
+            losses = _train(
+                policy, demos, cfg, cfg.sft.dagger_steps, cfg.seed + 1 + r, progress, run_dir, f"dagger_{r + 1}"
+            )
         info = {
             "rollout_success": rollout.success_rate,
             "labelled_steps": len(labelled),
@@ -411,7 +497,7 @@ def run_sft_command(cfg: TrainConfig, *, console: Any = None, export: Path | Non
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     policy = build_base_policy(cfg, console=console)
-    policy.save_atomic(run_dir / "base_model")
+    save_base_model(policy, run_dir)
     result = json.loads((run_dir / "sft.json").read_text())
     if export is not None:
         out = export_warmstart(
