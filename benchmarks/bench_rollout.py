@@ -18,6 +18,7 @@ import torch
 from empg.envs import make, split_seeds
 from empg.policy import Policy
 from empg.rollout import collect_with_envs
+from empg.rollout.corpus import env_corpus
 
 
 def run(policy: Policy, env_id: str, seeds: list[int], args: argparse.Namespace, batched: bool) -> dict[str, float]:
@@ -53,7 +54,7 @@ def main() -> None:
     ap.add_argument("--cache-dir", default=None)
     args = ap.parse_args()
 
-    policy = Policy.from_spec(args.model, cache_dir=args.cache_dir, device=args.device)
+    policy = Policy.from_spec(args.model, cache_dir=args.cache_dir, device=args.device, corpus=env_corpus)
     if args.group_size < 1 or args.n_envs % args.group_size:
         ap.error("--group-size must be >= 1 and divide --n-envs")
     seeds = [s for s in split_seeds("train", args.n_envs // args.group_size) for _ in range(args.group_size)]

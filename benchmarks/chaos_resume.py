@@ -155,7 +155,8 @@ def build_model(path: Path) -> Path:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from empg.policy import Policy
-    from empg.policy.tokenizer import env_corpus, train_tokenizer
+    from empg.policy.tokenizer import train_tokenizer
+    from empg.rollout.corpus import env_corpus
 
     torch.set_num_threads(1)
     tok = train_tokenizer(env_corpus(("household-v0",), episodes=8), vocab_size=1024)

@@ -68,7 +68,8 @@ def tiny_model_dir(tmp_path_factory, make_micro_policy):
     the end-to-end runs at about a second per iteration on 2 shared cores; the code path is the one of any HF model
     directory (``tiny-1m`` itself is built by the policy tests).
     """
-    from empg.policy.tokenizer import env_corpus, train_tokenizer
+    from empg.policy.tokenizer import train_tokenizer
+    from empg.rollout.corpus import env_corpus
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("tiny")

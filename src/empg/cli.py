@@ -255,7 +255,8 @@ def _cmd_sft(args: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace, console: Console) -> int:
-    from empg.eval.evaluate import evaluate_run, render_report
+    from empg.eval.evaluate import render_report
+    from empg.train.evalrun import evaluate_run
 
     report, path = evaluate_run(
         args.run_dir,

@@ -10,7 +10,8 @@ from empg.eval.evaluate import evaluate_policy, render_report
 @pytest.fixture(scope="module")
 def policy(make_micro_policy):
     """A micro Qwen2 (1 layer, hidden 32) with a BPE tokenizer trained on a few household episodes."""
-    from empg.policy.tokenizer import env_corpus, train_tokenizer
+    from empg.policy.tokenizer import train_tokenizer
+    from empg.rollout.corpus import env_corpus
 
     return make_micro_policy(train_tokenizer(env_corpus(("household-v0",), episodes=4), vocab_size=512))
 

@@ -16,8 +16,8 @@ import pytest
 
 from empg.cli import main
 from empg.eval import inspect as page
+from empg.eval.runlog import TRAJECTORIES, read_metrics
 from empg.train import trajlog
-from empg.train.metrics import read_metrics
 
 
 # ----------------------------------------------------------------------------- hand-built records
@@ -149,7 +149,7 @@ def test_sample_is_balanced_deterministic_and_fills_in():
 def test_zero_trajectories_writes_nothing(tmp_path):
     run = SimpleNamespace(cfg=SimpleNamespace(log=SimpleNamespace(trajectories=0), seed=0), run_dir=tmp_path)
     assert trajlog.log_trajectories(run, None, [], [_summary(0, True)], {}, 1) == 0
-    assert not (tmp_path / trajlog.FILE).exists()
+    assert not (tmp_path / TRAJECTORIES).exists()
 
 
 # ----------------------------------------------------------------------------- end to end: train, then inspect

@@ -12,7 +12,7 @@ from empg.policy.vllm import finish_reason, make_policy, sampling_kwargs, vllm_a
 
 
 def test_sampling_kwargs_mirror_the_hf_backend():
-    kw = sampling_kwargs(temperature=0.7, top_p=0.9, max_new_tokens=32, greedy=False, seed=5)
+    kw = sampling_kwargs(temperature=0.7, top_p=0.9, max_new_tokens=32, greedy=False, seed=5, stop="</action>")
     assert kw == {
         "temperature": 0.7,
         "top_p": 0.9,
@@ -33,7 +33,7 @@ def test_sampling_kwargs_mirror_the_hf_backend():
 
 def test_finish_reason_mapping():
     assert finish_reason(SimpleNamespace(finish_reason="length", stop_reason=None)) == "length"
-    assert finish_reason(SimpleNamespace(finish_reason="stop", stop_reason="</action>")) == "stop"
+    assert finish_reason(SimpleNamespace(finish_reason="stop", stop_reason="</action>"), "</action>") == "stop"
     assert finish_reason(SimpleNamespace(finish_reason="stop", stop_reason=None)) == "eos"  # EOS token
     assert finish_reason(SimpleNamespace(finish_reason="stop", stop_reason=2)) == "eos"  # a stop token id
 
@@ -82,10 +82,11 @@ def _engine_ready() -> None:
 
 def test_vllm_greedy_matches_hf_and_follows_weight_sync(tmp_path):
     from empg.policy import Policy
+    from empg.rollout.corpus import env_corpus
 
     _engine_ready()
 
-    policy = Policy.from_spec("tiny-1m", cache_dir=tmp_path, device="cuda")
+    policy = Policy.from_spec("tiny-1m", cache_dir=tmp_path, device="cuda", corpus=env_corpus)
     engine = make_policy(policy, "vllm", gpu_memory_utilization=0.2, dtype="float32")
     try:
         prompts = [policy.chat_prompt_ids([{"role": "user", "content": text}]) for text in ("go to fridge 1", "look")]
@@ -104,10 +105,10 @@ def test_vllm_greedy_matches_hf_and_follows_weight_sync(tmp_path):
 
 
 def test_trainer_with_vllm_rollouts_syncs_weights_after_every_update(tmp_path, monkeypatch):
+    from empg.eval.runlog import read_metrics
     from empg.policy import vllm as vllm_backend
     from empg.train import rl
     from empg.train.config import load_config
-    from empg.train.metrics import read_metrics
 
     _engine_ready()
     engines = []

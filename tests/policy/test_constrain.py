@@ -8,10 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from empg.algos.entropy import masked_logprobs_and_entropy
-from empg.policy import response_logprobs
 from empg.policy.constrain import ActionConstraint, TokenTrie
 from empg.rollout.prompts import build_messages
 from empg.train.batch import pack
+from empg.train.forward import response_logprobs
 
 CHOICES = ("go to countertop 1</action>", "take apple 1 from countertop 1</action>", "look</action>")
 
@@ -181,7 +181,8 @@ def test_household_demo_tokens_split_at_the_opening_tag():
     """The trie's tokens of an action equal that action's tokens inside a whole demo response (byte-level BPE splits
     pre-tokens at '>'), so constrained decoding produces the token sequences SFT trained on."""
     from empg.envs import make, split_seeds
-    from empg.policy.tokenizer import env_corpus, train_tokenizer
+    from empg.policy.tokenizer import train_tokenizer
+    from empg.rollout.corpus import env_corpus
     from empg.rollout.prompts import ACTION_OPEN, STOP_STRING, expert_response
 
     tok = train_tokenizer(env_corpus(("household-v0",), episodes=5))

@@ -4,7 +4,8 @@ from hypothesis import strategies as st
 from transformers import Qwen2ForCausalLM
 
 from empg.policy.tiny import PRESETS, build_tiny_model, tiny_config
-from empg.policy.tokenizer import EOS, PAD, corpus_hash, env_corpus, train_tokenizer
+from empg.policy.tokenizer import EOS, PAD, corpus_hash, train_tokenizer
+from empg.rollout.corpus import env_corpus
 
 
 def test_training_is_deterministic_and_has_specials(corpus_texts):

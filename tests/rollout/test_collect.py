@@ -6,10 +6,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from empg.envs import TextEnv, TimeLimit, list_envs, spec
-from empg.policy import response_logprobs
 from empg.policy.hf import Generation
 from empg.rollout import action_token_mask, collect, collect_with_envs
 from empg.train.batch import StepBatch
+from empg.train.forward import response_logprobs
 
 
 class CountEnv(TextEnv):

@@ -19,9 +19,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from empg.cli import main
+from empg.eval.runlog import read_metrics
 from empg.policy import Policy
 from empg.train import checkpoint as ckpt
-from empg.train.metrics import read_metrics
 
 EXTRA = ("iterations=3", "log.checkpoint_every=1", "log.keep_checkpoints=0")
 VOLATILE = ("time/", "perf/")  # wall-clock metrics: the only keys allowed to differ between identical runs

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from empg.cli import main
+from empg.eval.runlog import read_metrics
 from empg.train import rl
 from empg.train.config import ConfigError, load_config
-from empg.train.metrics import read_metrics
 
 
 def test_constrained_rollouts_are_valid_and_recorded_logprobs_are_the_trainers(tmp_path, tiny_model_dir, fast):

@@ -221,8 +221,8 @@ def test_two_gloo_processes_match_one_process(tmp_path, tiny_model_dir, fast, sh
             torch.testing.assert_close(r["params"][name], p, atol=1e-5, rtol=0)
 
     # B. the distributed loop ran 2 iterations; rank 0 alone wrote metrics and checkpoints
+    from empg.eval.runlog import read_metrics
     from empg.train.checkpoint import latest_checkpoint
-    from empg.train.metrics import read_metrics
 
     assert ranks[1]["history"] == []
     rows = read_metrics(run_dir)

@@ -8,12 +8,12 @@ import math
 import pytest
 import torch
 
+from empg.eval.runlog import read_metrics
 from empg.train.metrics import (
     MetricsLogger,
     NonFiniteError,
     check_finite,
     masked_mean,
-    read_metrics,
     stats,
     truncate_jsonl,
 )

@@ -12,9 +12,10 @@ import torch
 from safetensors.torch import load_file
 
 from empg.cli import main
+from empg.eval.runlog import read_metrics
 from empg.train import rl
 from empg.train.config import load_config
-from empg.train.metrics import NonFiniteError, read_metrics
+from empg.train.metrics import NonFiniteError
 
 ALGOS = {
     "grpo": ["algo.base=grpo", "algo.empg=false"],
@@ -132,15 +133,15 @@ def test_nan_advantage_stops_before_any_optimizer_step(tmp_path, tiny_model_dir,
 
 
 def test_nan_logits_are_caught_in_scoring(tmp_path, tiny_model_dir, monkeypatch, fast):
-    import empg.policy.hf as hf
+    import empg.train.rl as rl_mod
 
-    real = hf.response_logprobs
+    real = rl_mod.response_logprobs
 
     def nan_logits(model, batch, **kwargs):
         logp, ent = real(model, batch, **kwargs)
         return torch.where(batch.response_mask != 0, torch.full_like(logp, float("nan")), logp), ent
 
-    monkeypatch.setattr(hf, "response_logprobs", nan_logits)
+    monkeypatch.setattr(rl_mod, "response_logprobs", nan_logits)
     cfg = load_config(None, fast(tmp_path / "run", tiny_model_dir, "rollout.rescore=true", "algo.kl_coef=0"))
     with pytest.raises(NonFiniteError, match=r"iteration 0: .* behaviour log-probs"):
         rl.train(cfg)

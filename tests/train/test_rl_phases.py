@@ -7,10 +7,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from empg.eval.runlog import read_metrics
 from empg.rollout.types import RolloutResult, StepRecord, TrajectorySummary
 from empg.train import advantage, rl
 from empg.train.config import load_config
-from empg.train.metrics import read_metrics
 
 
 def _step(traj_id, step_idx, group_id=0, is_last=False):

@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 
 from empg.cli import main
+from empg.eval.runlog import read_metrics
 from empg.train import backends, rl
 from empg.train.config import load_config
-from empg.train.metrics import read_metrics
 
 ray = pytest.importorskip("ray", reason="needs the [ray] extra")
 

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from empg.cli import main
+from empg.eval.runlog import read_metrics
 from empg.train import rl
 from empg.train.config import ConfigError, load_config
-from empg.train.metrics import read_metrics
 from empg.train.warmstart import WarmStartError, export, file_hash, resolve, verify
 
 

@@ -199,54 +199,8 @@ def render_report(report: EvalReport, title: str | None = None) -> Any:
     return table
 
 
-def resolve_model_dir(run_dir: str | Path, checkpoint: str | Path | None = None) -> Path:
-    """The model to evaluate: ``checkpoint`` if given, else the latest checkpoint, else ``run_dir/base_model``."""
-    from empg.train.checkpoint import latest_checkpoint
-
-    if checkpoint is not None:
-        path = Path(checkpoint)
-    else:
-        path = latest_checkpoint(run_dir) or Path(run_dir) / "base_model"
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"no saved model in {path}; train first (`empg train`) or pass --checkpoint DIR")
-    return path
-
-
 def eval_sampling_seed(seed: int) -> int:
     """The sampling seed of every evaluation of a run of training seed ``seed`` (SFT's, the RL loop's and
     `empg eval`'s by default): the same at every iteration, so two evaluations of a run differ only by the model
     (paired), and runs of different training seeds sample differently."""
     return seed * 1_000_003
-
-
-def evaluate_run(
-    run_dir: str | Path,
-    *,
-    split: str = "eval_in",
-    episodes: int | None = None,
-    checkpoint: str | Path | None = None,
-    greedy: bool = False,
-    sampling_seed: int | None = None,
-) -> tuple[EvalReport, Path]:
-    """`empg eval RUN_DIR`: evaluate a run's latest (or given) model with the run's settings; save JSON.
-
-    With the default ``sampling_seed`` (the run's, :func:`eval_sampling_seed`) and the run's episode count, the
-    result equals the training loop's own evaluation of that model seed for seed, so it pairs with the run's
-    ``eval/<split>_iter_XXXX.json``; another ``sampling_seed`` pairs a model with another run's evaluations.
-
-    Returns:
-        The report and its path, ``run_dir/eval/cli/<split>_<model>_n<episodes>_s<sampling seed>[_greedy].json``
-        (its own folder: never overwrites the training loop's evaluations).
-    """
-    from empg.policy import Policy
-    from empg.train.config import load_run_config
-
-    cfg = load_run_config(run_dir)
-    model_dir = resolve_model_dir(run_dir, checkpoint)
-    policy = Policy.load(model_dir, dtype=getattr(torch, cfg.model.dtype))
-    seed = eval_sampling_seed(cfg.seed) if sampling_seed is None else sampling_seed
-    episodes = episodes or cfg.eval.episodes
-    report = evaluate_with_config(policy, cfg, split, episodes, seed=seed, greedy=greedy)
-    name = f"{split}_{model_dir.name}_n{episodes}_s{seed}{'_greedy' if greedy else ''}.json"
-    path = save_report(report, Path(run_dir) / "eval" / "cli" / name)
-    return report, path

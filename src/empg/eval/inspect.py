@@ -21,7 +21,7 @@ import json
 import math
 from pathlib import Path
 
-from empg.train.trajlog import FILE
+from empg.eval.runlog import METRICS, TRAJECTORIES, read_metrics
 
 HUE = (235, 105, 35)  # RGB of the most uncertain token's background; alpha = min(1, H / scale)
 
@@ -39,15 +39,16 @@ def load_records(run_dir: str | Path) -> list[dict]:
         FileNotFoundError: ``run_dir`` is not a run folder, or it has no ``trajectories.jsonl`` (both say what to do).
     """
     run_dir = Path(run_dir)
-    if not ((run_dir / "metrics.jsonl").is_file() or (run_dir / "config.yaml").is_file()):
+    if not ((run_dir / METRICS).is_file() or (run_dir / "config.yaml").is_file()):
         raise FileNotFoundError(
             f"{run_dir} is not a run folder (no metrics.jsonl or config.yaml); pass the run_dir of `empg train`, "
             "e.g. `empg inspect runs/household-tiny`"
         )
-    path = run_dir / FILE
+    path = run_dir / TRAJECTORIES
     if not path.is_file():
         raise FileNotFoundError(
-            f"{run_dir} has no {FILE}: its episodes were not logged. Train with log.trajectories>0 (the default, 8), "
+            f"{run_dir} has no {TRAJECTORIES}: its episodes were not logged. "
+            "Train with log.trajectories>0 (the default, 8), "
             "e.g. `empg train --config configs/household-tiny.yaml log.trajectories=8`"
         )
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -297,7 +298,6 @@ def write_pages(
     Raises:
         FileNotFoundError, LookupError: as :func:`load_records` and :func:`select`.
     """
-    from empg.train.metrics import read_metrics
 
     run_dir = Path(run_dir)
     records = load_records(run_dir)

@@ -21,8 +21,8 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from empg.eval.runlog import METRICS, STEP_ENTROPY, read_metrics  # noqa: E402
 from empg.eval.stats import PairedDifference, paired_difference, wilson_interval  # noqa: E402
-from empg.train.metrics import read_metrics  # noqa: E402
 
 
 def _label(run_dir: Path) -> str:
@@ -181,7 +181,7 @@ def _axes(ax: plt.Axes, title: str, ylabel: str, ylim: tuple[float, float] | Non
 
 def read_step_entropies(run_dir: Path) -> list[dict]:
     """Rows ``{"iteration", "success": [H...], "failure": [H...]}`` of ``step_entropy.jsonl``."""
-    path = Path(run_dir) / "step_entropy.jsonl"
+    path = Path(run_dir) / STEP_ENTROPY
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -249,7 +249,7 @@ def plot_runs(run_dirs: list[str | Path], out_dir: str | Path | None = None) -> 
     """
     dirs = [Path(d) for d in run_dirs]
     for d in dirs:
-        if not (d / "metrics.jsonl").is_file():
+        if not (d / METRICS).is_file():
             raise FileNotFoundError(f"{d / 'metrics.jsonl'} not found; pass run directories written by `empg train`")
     out = Path(out_dir) if out_dir is not None else dirs[0] / "plots"
     paths = [plot_learning_curves(dirs, out / "learning_curves.png"), plot_gf(dirs, out / "empg_gf.png")]

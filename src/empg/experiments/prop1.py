@@ -115,8 +115,8 @@ def score_steps(policy: Any, steps: list, won: dict[int, bool], temperature: flo
     """
     import torch
 
-    from empg.policy.hf import _forward_logits
     from empg.train.batch import StepBatch
+    from empg.train.forward import forward_logits
 
     pad = policy.tokenizer.pad_token_id if policy.tokenizer.pad_token_id is not None else 0
     batch = StepBatch.from_records(steps, int(pad))
@@ -127,7 +127,7 @@ def score_steps(policy: Any, steps: list, won: dict[int, bool], temperature: flo
         for idx in torch.split(torch.arange(len(steps)), micro_batch):
             ids, att = batch.input_ids[idx].to(device), batch.attention_mask[idx].to(device)
             pos = (att.cumsum(-1) - 1).clamp_min(0)
-            logits = _forward_logits(policy.model, ids, att, pos, keep=width - start + 1)[:, :-1]  # (b, R, V)
+            logits = forward_logits(policy.model, ids, att, pos, keep=width - start + 1)[:, :-1]  # (b, R, V)
             mask = batch.response_mask[idx, start:] != 0  # (b, R) on the CPU
             on_dev = mask.to(device)
             vals = score_norms(logits[on_dev].float(), ids[:, start:][on_dev], temperature=temperature)
@@ -178,8 +178,8 @@ def run_prop1(
     Raises:
         FileNotFoundError: no saved model in the run; ValueError: ``episodes < 1`` or no step was collected.
     """
-    from empg.eval.evaluate import resolve_model_dir
     from empg.policy import Policy
+    from empg.train.checkpoint import resolve_model_dir
     from empg.train.config import load_run_config
 
     if episodes < 1:

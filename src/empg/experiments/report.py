@@ -140,7 +140,7 @@ def count_env_steps(rows: list[dict], config: dict) -> int | None:
 
 def load_run(sweep_dir: Path, record: dict, splits: list[str] | None = None) -> RunResult:
     """A :class:`RunResult` from a run record of sweep.json (metrics read up to its planned iterations)."""
-    from empg.train.metrics import read_metrics
+    from empg.eval.runlog import read_metrics
 
     run_dir = sweep_dir / record["run_dir"]
     result = RunResult(

@@ -1,9 +1,11 @@
-"""Policies: a Hugging Face causal LM + tokenizer that generates and scores (:mod:`empg.policy.hf`).
+"""Policies: a Hugging Face causal LM + tokenizer that generates (:mod:`empg.policy.hf`); the trainer's
+differentiable forward is :mod:`empg.train.forward`.
 
 >>> from empg.policy import Policy
->>> policy = Policy.from_spec("tiny-1m")  # doctest: +SKIP
+>>> from empg.rollout.corpus import env_corpus
+>>> policy = Policy.from_spec("tiny-1m", corpus=env_corpus)  # doctest: +SKIP
 """
 
-from empg.policy.hf import Generation, Policy, default_cache_dir, response_logprobs
+from empg.policy.hf import Generation, Policy, default_cache_dir
 
-__all__ = ["Generation", "Policy", "default_cache_dir", "response_logprobs"]
+__all__ = ["Generation", "Policy", "default_cache_dir"]

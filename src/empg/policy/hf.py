@@ -1,4 +1,4 @@
-"""One interface over a Hugging Face causal LM and its tokenizer: build/load, generate, score.
+"""One interface over a Hugging Face causal LM and its tokenizer: build/load and generate.
 
 Ways to get a :class:`Policy` (:meth:`Policy.from_spec`), all offline:
 
@@ -9,18 +9,20 @@ Ways to get a :class:`Policy` (:meth:`Policy.from_spec`), all offline:
   needed), dequantised by transformers into a torch model and cached as safetensors.
 * a local directory or a Hugging Face id that ``transformers`` can load.
 
-Generation (:meth:`Policy.generate`) is our own sampling loop over the HF model with a KV cache and left padding: it
-stops each row at ``</action>`` or EOS, and **records the behaviour log-prob and entropy of every sampled token** from
-the distribution it was sampled from: the softmax at the rollout temperature, restricted to the admissible tokens in a
-constrained action span (:mod:`empg.policy.constrain`), truncated to the nucleus and renormalised when ``top_p < 1``.
-Without top-p these are exactly what :func:`response_logprobs` recomputes in one forward pass, constrained positions
-included (tested to 1e-5), so the trainer can use them as the behaviour policy instead of a second forward.
+Generation (:meth:`Policy.generate`) is our own sampling loop over the HF model with a KV cache and left padding:
+it stops each row at the caller's stop string or EOS, and **records the behaviour log-prob and entropy of every
+sampled token** from the distribution it was sampled from: the softmax at the rollout temperature, restricted to the
+admissible tokens in a constrained action span (:mod:`empg.policy.constrain`), truncated to the nucleus and
+renormalised when ``top_p < 1``. Without top-p these are exactly what the trainer's forward
+(:func:`empg.train.forward.response_logprobs`) recomputes in one pass, constrained positions included (tested to
+1e-5), so it can use them as the behaviour policy instead of a second forward. The rollout passes its stop string
+(``</action>``) in: the policy knows no prompt format.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,11 +30,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from empg.algos.entropy import logprobs_and_entropy, masked_logprobs_and_entropy, token_logprobs
 from empg.policy.constrain import ActionConstraint, TokenTrie
 from empg.policy.tiny import build_tiny_model
-from empg.rollout.prompts import STOP_STRING
-from empg.train.batch import StepBatch, pack
+from empg.policy.tokenizer import corpus_hash, train_tokenizer
 
 TINY_SPECS = ("tiny-1m", "tiny-5m", "tiny-25m")
 SMOLLM_SPEC = "smollm2-135m"
@@ -100,11 +100,20 @@ class Policy:
         device: str = "cpu",
         dtype: torch.dtype = torch.float32,
         seed: int = 0,
+        corpus: Callable[[], Sequence[str]] | None = None,
     ) -> Policy:
-        """Build or load a policy from ``spec`` (see the module docstring). Deterministic for tiny specs and a seed."""
+        """Build or load a policy from ``spec`` (see the module docstring). Deterministic for tiny specs and a seed.
+
+        ``corpus`` (tiny specs only; called once per build): the texts their tokenizer is trained on, e.g.
+        :func:`empg.rollout.corpus.env_corpus`; its hash is part of the cache key."""
         cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         if spec in TINY_SPECS:
-            path = _build_tiny_cached(spec, cache, seed)
+            if corpus is None:
+                raise ValueError(
+                    f"{spec} trains its tokenizer on a text corpus: pass corpus=, e.g. "
+                    "Policy.from_spec(spec, corpus=empg.rollout.corpus.env_corpus)"
+                )
+            path = _build_tiny_cached(spec, cache, seed, list(corpus()))
         elif spec == SMOLLM_SPEC:
             path = _convert_smollm_cached(cache)
         elif spec.startswith("tiny-"):
@@ -167,8 +176,6 @@ class Policy:
     def tiny(cls, texts: list[str], preset: str = "tiny-1m", *, seed: int = 0, vocab_size: int = 2048) -> Policy:
         """A tiny random-init policy (:mod:`empg.policy.tiny`) with a tokenizer trained on ``texts`` (custom corpora,
         tests)."""
-        from empg.policy.tokenizer import train_tokenizer
-
         tokenizer = train_tokenizer(texts, vocab_size=vocab_size)
         return cls(build_tiny_model(preset, tokenizer, seed=seed), tokenizer, preset)
 
@@ -197,7 +204,7 @@ class Policy:
         max_new_tokens: int = 64,
         greedy: bool = False,
         generator: torch.Generator | None = None,
-        stop: str | None = STOP_STRING,
+        stop: str | None = None,
         record: bool = True,
         constraints: Sequence[ActionConstraint | None] | None = None,
     ) -> list[Generation]:
@@ -229,114 +236,6 @@ class Policy:
             raise ValueError(f"need one constraint (or None) per prompt, got {len(constraints)} for {len(prompt_ids)}")
         rows = [_RowState.start(self.tokenizer, c) for c in (constraints or [None] * len(prompt_ids))]
         return _sample_loop(self, prompt_ids, temperature, top_p, max_new_tokens, greedy, generator, stop, record, rows)
-
-    # ------------------------------------------------------------------ scoring
-    @torch.no_grad()
-    def score(
-        self,
-        prompt_ids: list[list[int]],
-        response_ids: list[list[int]],
-        *,
-        temperature: float = 1.0,
-        batch_size: int = 16,
-    ) -> tuple[list[Tensor], list[Tensor]]:
-        """Per-token log-probs and entropies (no grad) of ``response_ids`` after ``prompt_ids``.
-
-        Returns:
-            (logps, entropies): two lists of B float tensors, tensor i of shape ``(len(response_ids[i]),)``.
-        """
-        logps: list[Tensor] = []
-        ents: list[Tensor] = []
-        for s in range(0, len(prompt_ids), batch_size):
-            batch = pack(prompt_ids[s : s + batch_size], response_ids[s : s + batch_size], self.pad_id)
-            batch = batch.to(self.device)
-            lp, ent = response_logprobs(self.model, batch, temperature=temperature, with_entropy=True)
-            P = batch.response_start
-            for i, r in enumerate(response_ids[s : s + batch_size]):
-                logps.append(lp[i, P : P + len(r)].float().cpu())
-                ents.append(ent[i, P : P + len(r)].float().cpu())
-        return logps, ents
-
-
-# ============================================================================== differentiable forward
-def response_logprobs(
-    model: Any,
-    batch: StepBatch,
-    *,
-    temperature: float = 1.0,
-    chunk_size: int = 1024,
-    with_entropy: bool = False,
-) -> tuple[Tensor, Tensor | None]:
-    """Log-probs (and entropies) of the batch's tokens under ``model`` at ``temperature``; differentiable.
-
-    Only the logits that predict response columns are computed (``logits_to_keep``), in chunks of ``chunk_size``
-    positions by the ``empg.algos.entropy`` helpers.
-
-    Args:
-        model: HF causal LM.
-        batch: a :class:`StepBatch` (layout in :mod:`empg.train.batch`).
-        temperature: logits are divided by it.
-        chunk_size: positions per chunk in the log-softmax/entropy helpers.
-        with_entropy: also return the entropy of each predicted distribution.
-
-    Returns:
-        logp: (B, L) float; ``logp[b, j] = log π(input_ids[b, j] | input_ids[b, :j])``; 0 where response_mask is 0.
-        entropy: (B, L) float or None; entropy of the distribution at position j; 0 where response_mask is 0.
-    """
-    ids, P = batch.input_ids, batch.response_start
-    B, L = ids.shape
-    logits, hi = response_logits(model, batch)
-    labels = ids[:, P:hi]  # (B, R') with R' = hi - P; logits (B, R', V) predict columns P..hi-1
-    mask = batch.response_mask[:, P:hi].to(logits.device)
-    if with_entropy:
-        # the entropy carries gradients when called under autograd (entropy bonus), none in no-grad scoring
-        lp, ent = logprobs_and_entropy(
-            logits, labels, temperature=temperature, chunk_size=chunk_size, entropy_grad=torch.is_grad_enabled()
-        )
-    else:
-        lp, ent = token_logprobs(logits, labels, temperature=temperature, chunk_size=chunk_size), None
-    if batch.allowed is not None:  # constrained action spans: the distribution restricted to the allowed tokens
-        allowed = batch.allowed[:, P:hi].to(logits.device)  # (B, R', K)
-        lp_c, ent_c, constrained = masked_logprobs_and_entropy(logits, labels, allowed, temperature=temperature)
-        lp = torch.where(constrained, lp_c, lp)
-        ent = torch.where(constrained, ent_c, ent) if ent is not None else None
-    pad, tail = lp.new_zeros((B, P)), lp.new_zeros((B, L - hi))
-    logp = torch.cat([pad, torch.where(mask != 0, lp, torch.zeros_like(lp)), tail], dim=1)
-    if ent is None:
-        return logp, None
-    return logp, torch.cat([pad, torch.where(mask != 0, ent, torch.zeros_like(ent)), tail], dim=1)
-
-
-def response_logits(model: Any, batch: StepBatch) -> tuple[Tensor, int]:
-    """Logits ``(B, hi - P, V)`` predicting the response columns ``P … hi-1`` of ``batch`` and ``hi``, the end of
-    its real columns (every later column is padding in every row, so it is not computed; nor are leading all-padding
-    columns). Position ids are ``cumsum(attention_mask) - 1``, as in generation."""
-    ids, attn, P = batch.input_ids, batch.attention_mask, batch.response_start
-    if not 0 < P < ids.shape[1]:
-        raise ValueError(
-            f"response_start must be inside the row (0 < {P} < {ids.shape[1]}); pack with empg.train.batch"
-        )
-    position_ids = (attn.cumsum(-1) - 1).clamp_min(0)
-    lo, hi = _real_columns(attn, P)
-    logits = _forward_logits(model, ids[:, lo:hi], attn[:, lo:hi], position_ids[:, lo:hi], keep=hi - P + 1)[:, :-1]
-    return logits, hi
-
-
-def _real_columns(attn: Tensor, P: int) -> tuple[int, int]:
-    """``[lo, hi)``: the columns holding a real token in some row (``lo < P < hi``), so a micro-batch of similar
-    lengths is not computed at the width of the whole batch. Leading all-padding columns change no real token's
-    output (they are masked keys; position ids count real tokens only), trailing ones are after every token."""
-    used = (attn != 0).any(0).nonzero().flatten()
-    if used.numel() == 0:
-        return P - 1, P + 1
-    return min(int(used[0]), P - 1), max(int(used[-1]) + 1, P + 1)
-
-
-def _forward_logits(model: Any, ids: Tensor, attn: Tensor, pos: Tensor, keep: int) -> Tensor:
-    try:
-        return model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False, logits_to_keep=keep).logits
-    except TypeError:  # models without logits_to_keep
-        return model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False).logits[:, -keep:]
 
 
 # ============================================================================== sampling loop
@@ -602,10 +501,7 @@ def _sample_loop(policy, prompt_ids, temperature, top_p, max_new_tokens, greedy,
 
 
 # ============================================================================== cached builds
-def _build_tiny_cached(spec: str, cache: Path, seed: int) -> Path:
-    from empg.policy.tokenizer import corpus_hash, env_corpus, train_tokenizer
-
-    corpus = env_corpus()
+def _build_tiny_cached(spec: str, cache: Path, seed: int, corpus: list[str]) -> Path:
     path = cache / f"{spec}-seed{seed}-{corpus_hash(corpus)}"
     if (path / "config.json").is_file():
         return path

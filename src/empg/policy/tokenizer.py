@@ -1,19 +1,17 @@
 """A small byte-level BPE tokenizer trained offline on the environments' own text (for the ``tiny`` models).
 
-The corpus (:func:`env_corpus`) is deterministic: expert episodes of every registered embedded env on its first train
-seeds (instructions, observations, admissible and expert actions), rendered with the rollout's own prompt templates
-and templated expert responses. Training uses the ``tokenizers`` library (byte-level BPE, so any text encodes); the
-result is a ``PreTrainedTokenizerFast`` with a ChatML chat template whose end-of-turn token is the EOS token.
+The corpus is the caller's (the trainer's is :func:`empg.rollout.corpus.env_corpus`: the embedded envs' expert
+episodes rendered with the rollout's prompt templates), so this module knows no env and no prompt. Training uses the
+``tokenizers`` library (byte-level BPE, so any text encodes); the result is a ``PreTrainedTokenizerFast`` with a
+ChatML chat template whose end-of-turn token is the EOS token.
 """
 
 from __future__ import annotations
 
 import hashlib
-import warnings
 
 from transformers import PreTrainedTokenizerFast
 
-EMBEDDED_ENVS = ("household-v0", "shop-v0", "search-v0")
 EOS = "<|im_end|>"
 BOS = "<|im_start|>"
 PAD = "<|pad|>"
@@ -24,55 +22,6 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-
-
-def env_corpus(env_ids: tuple[str, ...] = EMBEDDED_ENVS, *, episodes: int = 40, history: int = 2) -> list[str]:
-    """Text of expert episodes on the first ``episodes`` train seeds of each env that can be built.
-
-    Envs that are not importable yet, or whose expert episodes fail, are skipped with a warning (the corpus hash then
-    changes when they appear, so cached tiny models are rebuilt rather than silently reused).
-    """
-    from empg.envs import make, split_seeds
-    from empg.rollout import prompts
-
-    texts: list[str] = []
-    for env_id in env_ids:
-        try:
-            env = make(env_id, "train")
-        except (ImportError, ModuleNotFoundError, KeyError) as err:
-            warnings.warn(f"tokenizer corpus: skipping {env_id} ({err})", stacklevel=2)
-            continue
-        try:
-            env_texts = [
-                t for seed in split_seeds("train", episodes) for t in _episode_texts(env, seed, history, prompts)
-            ]
-        except Exception as err:  # noqa: BLE001 - a broken env must not block building a model for the others
-            warnings.warn(f"tokenizer corpus: skipping {env_id}, its expert episodes failed ({err!r})", stacklevel=2)
-            env_texts = []
-        finally:
-            env.close()
-        texts.extend(env_texts)
-    return texts
-
-
-def _episode_texts(env, seed: int, history: int, prompts) -> list[str]:
-    obs, info = env.reset(seed=seed)
-    texts = [info["task"]]
-    past: list[tuple[str, str]] = []
-    done, step = False, 0
-    while not done:
-        action = env.expert_action()
-        msgs = prompts.build_messages(
-            env.family, info["task"], obs, past[-history:] if history else [], step, info["admissible_actions"]
-        )
-        texts.append(msgs[0]["content"])
-        texts.append(prompts.expert_response(env.family, action))
-        past.append((obs, action))
-        obs, _, terminated, truncated, info = env.step(action)
-        done = terminated or truncated
-        step += 1
-    texts.append(obs)
-    return texts
 
 
 def corpus_hash(texts: list[str]) -> str:

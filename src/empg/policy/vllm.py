@@ -32,7 +32,6 @@ from typing import Any
 import torch
 
 from empg.policy.hf import Generation, Policy
-from empg.rollout.prompts import STOP_STRING
 
 EXTENSION = "empg.policy.vllm.EMPGWorkerExtension"
 DEFAULT_SYNC_CHUNK_BYTES = 256 * 2**20
@@ -75,7 +74,7 @@ def sampling_kwargs(
     max_new_tokens: int,
     greedy: bool,
     seed: int | None,
-    stop: str | None = STOP_STRING,
+    stop: str | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments of ``vllm.SamplingParams`` matching :meth:`empg.policy.Policy.generate`'s settings."""
     if not greedy and not temperature > 0:
@@ -97,7 +96,7 @@ def sampling_kwargs(
     return kwargs
 
 
-def finish_reason(completion: Any, stop: str | None = STOP_STRING) -> str:
+def finish_reason(completion: Any, stop: str | None = None) -> str:
     """Map a vLLM ``CompletionOutput`` to ``"stop"`` (the stop string), ``"eos"`` or ``"length"``."""
     if completion.finish_reason == "length":
         return "length"
@@ -179,7 +178,7 @@ class VLLMPolicy:
         max_new_tokens: int = 64,
         greedy: bool = False,
         generator: torch.Generator | None = None,
-        stop: str | None = STOP_STRING,
+        stop: str | None = None,
         record: bool = False,
     ) -> list[Generation]:
         """Same contract as :meth:`empg.policy.Policy.generate`; ``logprobs``/``entropies`` are always None (the

@@ -10,7 +10,7 @@ left-padded batch with the KV cache (:meth:`empg.policy.Policy.generate`), parse
   ``parsed and info["valid"]``.
 * **Behaviour quantities.** With ``record_behaviour=True`` the per-token log-probs and entropies are **recorded during
   generation** (full softmax at the rollout temperature); they agree with a recomputation by
-  :func:`empg.policy.hf.response_logprobs` to 1e-4 (tested). The trainer may recompute them instead (as verl does).
+  :func:`empg.train.forward.response_logprobs` to 1e-4 (tested). The trainer may recompute them instead (as verl does).
 * **Turn limits.** ``collect`` builds envs with :func:`empg.envs.make` (``TimeLimit``); ``collect_with_envs`` also
   stops every trajectory after ``max_turns`` (default: the env's ``max_turns`` or 50) and marks it truncated.
 * **State keys.** Each record carries ``state_key``, a 63-bit hash of the observation the step acted on and the
@@ -193,6 +193,7 @@ def collect_with_envs(
             max_new_tokens=max_new_tokens,
             greedy=greedy,
             generator=generator,
+            stop=prompts.STOP_STRING,
             record=record_behaviour,
             **({"constraints": [_constraint(tr, constrain_scope) for tr in live]} if constrain_actions else {}),
         )

@@ -276,6 +276,17 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return path if (path / "state.json").is_file() else None
 
 
+def resolve_model_dir(run_dir: str | Path, checkpoint: str | Path | None = None) -> Path:
+    """The model to evaluate: ``checkpoint`` if given, else the latest checkpoint, else ``run_dir/base_model``."""
+    if checkpoint is not None:
+        path = Path(checkpoint)
+    else:
+        path = latest_checkpoint(run_dir) or Path(run_dir) / "base_model"
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"no saved model in {path}; train first (`empg train`) or pass --checkpoint DIR")
+    return path
+
+
 def load_state(ckpt_dir: str | Path) -> dict:
     """``state.json`` of a checkpoint."""
     return json.loads((Path(ckpt_dir) / "state.json").read_text())

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from empg.eval.runlog import METRICS
+
 METRIC_DOCS: dict[str, str] = {
     "iteration": "RL iteration index (1-based: the metrics after iteration N's update).",
     "train/success": "Success rate of the training rollouts (all rollout rounds).",
@@ -115,7 +117,7 @@ class MetricsLogger:
         wandb_project: str = "empg",
         config: dict | None = None,
     ):
-        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path = Path(run_dir) / METRICS
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tb = None
         self._wandb = None
@@ -149,16 +151,6 @@ class MetricsLogger:
             self._tb.close()
         if self._wandb is not None:
             self._wandb.finish()
-
-
-def read_metrics(path: str | Path) -> list[dict]:
-    """All rows of a ``metrics.jsonl`` (a file or a run directory)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def truncate_jsonl(path: str | Path, max_iteration: int) -> None:

@@ -49,10 +49,13 @@ from typing import Any
 
 import torch
 
+from empg.eval.evaluate import EvalReport, eval_sampling_seed, evaluate_with_config, save_report
+from empg.eval.runlog import METRICS, STEP_ENTROPY, TRAJECTORIES
 from empg.train import checkpoint as ckpt
 from empg.train.advantage import advantage_phase, episode_returns, to_tokens
 from empg.train.backends import rollout_backends, rollout_settings, sync_rollout_weights
 from empg.train.config import TrainConfig, to_yaml
+from empg.train.forward import response_logits, response_logprobs
 from empg.train.metrics import MetricsLogger, NonFiniteError, check_finite, masked_mean, truncate_jsonl
 from empg.train.optim import make_optimizer, model_dtype
 from empg.train.progress import stamp
@@ -225,7 +228,7 @@ def setup_run(cfg: TrainConfig, *, resume: bool = False, console: Any = None) ->
     start = 0
     if latest is not None:
         start = ckpt.restore_checkpoint(latest, optimizer)["iteration"]
-    for name in ("metrics.jsonl", "step_entropy.jsonl", "trajectories.jsonl"):
+    for name in (METRICS, STEP_ENTROPY, TRAJECTORIES):
         truncate_jsonl(run_dir / name, start if latest is not None else -1)
 
     logger = MetricsLogger(
@@ -252,7 +255,7 @@ def _quiet_transformers() -> None:
 
 
 def _has_progress(run_dir: Path) -> bool:
-    return (run_dir / "metrics.jsonl").is_file() or (run_dir / "checkpoints").is_dir()
+    return (run_dir / METRICS).is_file() or (run_dir / "checkpoints").is_dir()
 
 
 # ============================================================================= 1. rollout
@@ -396,7 +399,6 @@ def score_phase(run: Run, batch: Any, it: int) -> torch.Tensor | None:
     """Behaviour log-probs and entropies in ``batch.old_logprobs`` / ``batch.token_entropy`` (rollout temperature):
     recomputed here when :func:`~empg.train.backends.rescores`, else the ones recorded during generation (packed
     from the step records). Returns the reference log-probs (B, L) when ``kl_coef > 0``, else None."""
-    from empg.policy.hf import response_logprobs
     from empg.train.backends import rescores
 
     cfg = run.cfg
@@ -427,7 +429,7 @@ def score_phase(run: Run, batch: Any, it: int) -> torch.Tensor | None:
 
 def by_length(batch: Any, rows: torch.Tensor) -> torch.Tensor:
     """``rows`` reordered by their number of real tokens (stable), so consecutive micro-batches hold rows of similar
-    length and :func:`empg.policy.hf.response_logprobs` computes each at its own width instead of the batch's.
+    length and :func:`empg.train.forward.response_logprobs` computes each at its own width instead of the batch's.
     Gradient sums and per-row results do not depend on the grouping."""
     lengths = batch.attention_mask[rows].sum(-1)
     return rows[torch.argsort(lengths, stable=True)]
@@ -440,7 +442,6 @@ def token_renyi2_of(model: torch.nn.Module, batch: Any, cfg: TrainConfig) -> tor
     Micro-batches take rows in length order and are computed at their own width, as in :func:`score_phase`.
     """
     from empg.algos.entropy import token_renyi2
-    from empg.policy.hf import response_logits
 
     out = torch.zeros_like(batch.response_mask)
     P = batch.response_start
@@ -579,7 +580,6 @@ def set_lr(opt: torch.optim.Optimizer, cfg: TrainConfig, step: int) -> float:
 def _micro_backward(run: Run, batch: Any, idx: torch.Tensor, ref_logp: Any, denom: float, it: int, add: Any) -> None:
     """Loss of micro-batch ``idx`` (normalised by the mini-batch ``denom``), NaN guard, backward; metrics to ``add``."""
     from empg.algos import agg_loss, entropy_loss, kl_penalty, policy_loss
-    from empg.policy.hf import response_logprobs
 
     cfg = run.cfg
     micro = batch.select(idx)
@@ -631,8 +631,6 @@ def _denominator(cfg: TrainConfig, mask: torch.Tensor) -> float:
 # ============================================================================= 5. evaluation
 def evaluate_phase(run: Run, iteration: int) -> dict[str, float]:
     """Evaluate on ``eval.splits`` (fixed seeds); write ``eval/<split>_iter_XXXX.json``; return flat metrics."""
-    from empg.eval.evaluate import evaluate_with_config, save_report
-
     cfg = run.cfg
     out: dict[str, float] = {}
     full = iteration in (0, cfg.iterations) or cfg.eval.interim_episodes == 0
@@ -640,7 +638,7 @@ def evaluate_phase(run: Run, iteration: int) -> dict[str, float]:
     for split in cfg.eval.splits:
         generator_for(cfg.seed, iteration, "eval")
         report = evaluate_with_config(  # vLLM when model.backend=vllm (weights synced); envs in this process
-            run.generating_policy, cfg, split, episodes, seed=eval_sampling_seed(cfg)
+            run.generating_policy, cfg, split, episodes, seed=eval_sampling_seed(cfg.seed)
         )
         save_report(report, run.run_dir / "eval" / f"{split}_{ckpt.checkpoint_name(iteration)}.json")
         out.update(report.metrics())
@@ -650,17 +648,9 @@ def evaluate_phase(run: Run, iteration: int) -> dict[str, float]:
     return out
 
 
-def eval_sampling_seed(cfg: TrainConfig) -> int:
-    """The sampling seed of every evaluation of a run (and of the SFT evaluation it reuses): the same at every
-    iteration, so two evaluations of a run differ only by the model (paired)."""
-    return cfg.seed * 1_000_003
-
-
 def _sft_eval_metrics(run: Run) -> dict[str, float] | None:
     """The SFT evaluation as the iteration-0 point when it covered the same splits and seeds (no second pass)."""
     import json
-
-    from empg.eval.evaluate import EvalReport
 
     path = run.run_dir / "sft.json"
     if not path.is_file():
@@ -673,7 +663,7 @@ def _sft_eval_metrics(run: Run) -> dict[str, float] | None:
         if (
             report is None
             or report["episodes"] != cfg.eval.episodes
-            or sft.get("eval_seed", 0) != eval_sampling_seed(cfg)
+            or sft.get("eval_seed", 0) != eval_sampling_seed(cfg.seed)
         ):
             return None
         out.update(EvalReport.from_dict(report).metrics())
@@ -706,7 +696,7 @@ def entropy_metrics(batch: Any, steps: list, trajs: list, run_dir: Path, iterati
         "success": [round(float(h), 5) for h in h_step[success]],
         "failure": [round(float(h), 5) for h in h_step[~success]],
     }
-    with (run_dir / "step_entropy.jsonl").open("a") as fh:
+    with (run_dir / STEP_ENTROPY).open("a") as fh:
         fh.write(json.dumps(row) + "\n")
     return out
 

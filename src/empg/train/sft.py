@@ -32,8 +32,11 @@ from typing import Any
 
 import torch
 
+from empg.eval.evaluate import eval_sampling_seed, evaluate_with_config, metric_key, render_report
+from empg.rollout.corpus import env_corpus
 from empg.train import checkpoint as ckpt
 from empg.train.config import TrainConfig
+from empg.train.forward import response_logprobs
 from empg.train.metrics import check_finite
 from empg.train.optim import make_optimizer, model_dtype
 from empg.train.progress import stamp
@@ -223,7 +226,6 @@ def sft_train(
             continues after its step (the result is the one of an uninterrupted call, bit for bit), one of other
             demos or settings is deleted.
     """
-    from empg.policy.hf import response_logprobs
     from empg.train.batch import sft_batch
 
     if not demos:
@@ -330,7 +332,6 @@ def length_grouped_order(
 def run_sft(policy: Any, cfg: TrainConfig, run_dir: Path, *, console: Any = None) -> dict:
     """Demos → behaviour cloning → evaluation; writes ``run_dir/sft.json`` and returns its content."""
     from empg.envs import split_seeds
-    from empg.eval.evaluate import evaluate_with_config, metric_key
 
     run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -359,7 +360,7 @@ def run_sft(policy: Any, cfg: TrainConfig, run_dir: Path, *, console: Any = None
         "loss_last": losses[-1] if losses else None,
         "losses": losses,
         "time/demos": t_demos,
-        "eval_seed": cfg.seed * 1_000_003,
+        "eval_seed": eval_sampling_seed(cfg.seed),
         "time/train": t_train,
     }
     if cfg.sft.dagger_rounds:
@@ -368,12 +369,10 @@ def run_sft(policy: Any, cfg: TrainConfig, run_dir: Path, *, console: Any = None
         t1 = time.perf_counter()
         for split in cfg.eval.splits:
             # seed = the RL loop's iteration-0 evaluation, which reuses this result
-            report = evaluate_with_config(policy, cfg, split, cfg.sft.eval_episodes, seed=cfg.seed * 1_000_003)
+            report = evaluate_with_config(policy, cfg, split, cfg.sft.eval_episodes, seed=eval_sampling_seed(cfg.seed))
             result[f"{metric_key(split)}/success"] = report.success
             result[f"eval/{split}"] = report.to_dict()
             if console is not None:
-                from empg.eval.evaluate import render_report
-
                 console.print(render_report(report, title=f"after SFT — {split}"))
         result["time/eval"] = time.perf_counter() - t1
     (run_dir / "sft.json").write_text(json.dumps(result, indent=2))
@@ -518,6 +517,7 @@ def build_base_policy(cfg: TrainConfig, *, console: Any = None) -> Any:
         device=cfg.model.device,
         dtype=model_dtype(cfg.model.dtype),
         seed=cfg.seed,
+        corpus=env_corpus,
     )
     if cfg.sft.enabled:
         run_sft(policy, cfg, Path(cfg.run_dir), console=console)

@@ -24,10 +24,11 @@ import random
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from empg.eval.runlog import TRAJECTORIES
+
 if TYPE_CHECKING:
     import torch
 
-FILE = "trajectories.jsonl"
 DECODE_WINDOW = 16  # at most this many tokens decoded before a token to find its own text (see token_pieces)
 
 
@@ -49,7 +50,7 @@ def log_trajectories(run: Any, batch: Any, steps: list, trajs: list, credit: dic
     if not chosen:
         return 0
     records = episode_records(batch, steps, chosen, credit, run.policy.tokenizer, iteration)
-    with (Path(run.run_dir) / FILE).open("a") as fh:
+    with (Path(run.run_dir) / TRAJECTORIES).open("a") as fh:
         fh.writelines(json.dumps(r) + "\n" for r in records)
     return len(records)
 
