@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from empg.algos import empg_transform, empg_transform_with_stats
+from empg.algos.empg import EMPGParams
 
 
 def loop_empg(adv, ent, traj, step, *, k=1.0, k_next=1.0, zeta=0.1, use_scaling=True, use_bonus=True,
@@ -80,25 +81,27 @@ def test_golden_final_norm_variants():
     # "traj_mean": traj means -14/15 = -0.933333 and 2 -> shift (-0.933333 + 2) / 2 = 0.533333
     # "mean_std": centred [-0.7, -0.7, -0.8, 2.2], population std sqrt((0.49 + 0.49 + 0.64 + 4.84) / 4) = 1.270827
     args = (T([-1, -1, -1, 2]), T([0.5, 0.5, 0.5, 0.5]), L([5, 5, 5, 9]), L([0, 1, 2, 0]))
-    torch.testing.assert_close(empg_transform(*args, final_norm="none"), T([-0.9, -0.9, -1, 2]), atol=1e-7, rtol=0)
+    torch.testing.assert_close(
+        empg_transform(*args, EMPGParams(final_norm="none")), T([-0.9, -0.9, -1, 2]), atol=1e-7, rtol=0
+    )
     torch.testing.assert_close(empg_transform(*args), T([-0.7, -0.7, -0.8, 2.2]), atol=1e-7, rtol=0)
     shift = (-2.8 / 3 + 2) / 2
     torch.testing.assert_close(
-        empg_transform(*args, final_norm="traj_mean"), T([-0.9, -0.9, -1, 2]) - shift, atol=1e-7, rtol=0
+        empg_transform(*args, EMPGParams(final_norm="traj_mean")), T([-0.9, -0.9, -1, 2]) - shift, atol=1e-7, rtol=0
     )
     std = math.sqrt((0.49 + 0.49 + 0.64 + 4.84) / 4)
     torch.testing.assert_close(
-        empg_transform(*args, final_norm="mean_std"), T([-0.7, -0.7, -0.8, 2.2]) / std, atol=1e-6, rtol=0
+        empg_transform(*args, EMPGParams(final_norm="mean_std")), T([-0.7, -0.7, -0.8, 2.2]) / std, atol=1e-6, rtol=0
     )
 
 
 def test_ablation_switches_and_dtype():
     adv, ent, traj, step = T([1, 1, -1]), T([0.0, 2.0, 1.0]), L([0, 0, 1]), L([0, 1, 0])
-    plain = empg_transform(adv, ent, traj, step, use_scaling=False, use_bonus=False, final_norm="none")
+    plain = empg_transform(adv, ent, traj, step, EMPGParams(use_scaling=False, zeta=0.0, final_norm="none"))
     torch.testing.assert_close(plain, adv)  # both off: the base advantage untouched
-    _, st_ = empg_transform_with_stats(adv, ent, traj, step, use_scaling=False)
+    _, st_ = empg_transform_with_stats(adv, ent, traj, step, EMPGParams(use_scaling=False))
     assert torch.equal(st_.g, torch.ones(3, dtype=torch.float64))
-    f_only = empg_transform(adv.float(), ent.float(), traj, step, use_scaling=False, final_norm="none")
+    f_only = empg_transform(adv.float(), ent.float(), traj, step, EMPGParams(use_scaling=False, final_norm="none"))
     # h = [0, 1, 0.5]: step (0, 0) gets bonus 0.1 * exp(-1) = 0.0367879
     torch.testing.assert_close(f_only, torch.tensor([1.0367879, 1.0, -1.0]), atol=1e-6, rtol=0)
     assert f_only.dtype == torch.float32
@@ -129,7 +132,7 @@ def test_duplicates_dedupe_and_conflict():
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 @pytest.mark.parametrize("where", ["advantages", "step_entropy"])
 @pytest.mark.parametrize("final_norm", ["mean", "mean_std", "none", "traj_mean"])
-@pytest.mark.parametrize("opts", [{}, {"use_scaling": False}, {"use_bonus": False}, {"k": 3.0}])
+@pytest.mark.parametrize("opts", [{}, {"use_scaling": False}, {"zeta": 0.0}, {"k": 3.0}])
 @pytest.mark.parametrize("dup", [False, True])
 def test_non_finite_input_is_named(bad, where, final_norm, opts, dup):
     # the transform finds a NaN/inf through the sum of A_mod (no separate pass), then names the input: every
@@ -139,9 +142,11 @@ def test_non_finite_input_is_named(bad, where, final_norm, opts, dup):
     (adv if where == "advantages" else ent)[2] = bad
     rows = [0, 1, 2, 3, 2] if dup else [0, 1, 2, 3]
     with pytest.raises(ValueError, match=f"{where} contains NaN or inf"):
-        empg_transform(adv[rows], ent[rows], traj[rows], step[rows], final_norm=final_norm, **opts)
+        empg_transform(adv[rows], ent[rows], traj[rows], step[rows], EMPGParams(final_norm=final_norm, **opts))
     with pytest.raises(ValueError, match=f"{where} contains NaN or inf"):
-        empg_transform_with_stats(adv[rows], ent[rows], traj[rows], step[rows], final_norm=final_norm, **opts)
+        empg_transform_with_stats(
+            adv[rows], ent[rows], traj[rows], step[rows], EMPGParams(final_norm=final_norm, **opts)
+        )
 
 
 def test_bad_inputs():
@@ -149,7 +154,7 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="NaN"):
         empg_transform(ok[0], T([0.1, float("nan")]), ok[2], ok[3])
     with pytest.raises(ValueError, match="final_norm"):
-        empg_transform(*ok, final_norm="std")
+        empg_transform(*ok, EMPGParams(final_norm="std"))
     with pytest.raises(ValueError, match="1-D"):
         empg_transform(ok[0], T([0.1]), ok[2], ok[3])
     with pytest.raises(ValueError, match="integer"):
@@ -185,8 +190,8 @@ def batches(draw, equal_entropy=False):
        bonus=st.booleans(), k=st.floats(0.1, 3))  # fmt: skip
 def test_matches_loop_reference(b, norm, scaling, bonus, k):
     adv, ent, traj, step = b
-    out = empg_transform(T(adv), T(ent), L(traj), L(step), k=k, k_next=k / 2, zeta=0.3, use_scaling=scaling,
-                         use_bonus=bonus, final_norm=norm)  # fmt: skip
+    params = EMPGParams(k=k, k_next=k / 2, zeta=0.3 if bonus else 0.0, use_scaling=scaling, final_norm=norm)
+    out = empg_transform(T(adv), T(ent), L(traj), L(step), params)
     ref = loop_empg(adv, ent, traj, step, k=k, k_next=k / 2, zeta=0.3, use_scaling=scaling, use_bonus=bonus,
                     final_norm=norm)  # fmt: skip
     torch.testing.assert_close(out, T(ref), atol=1e-9, rtol=1e-9)
@@ -216,7 +221,7 @@ def test_invariants(b, seed):
     torch.testing.assert_close(out_d, out[dup], atol=1e-12, rtol=0)
     sparse = empg_transform(adv, ent, traj * 1_000_003 - 10**12, step)  # sort path: negative, sparse ids
     torch.testing.assert_close(sparse, out, atol=1e-12, rtol=0)
-    tm = empg_transform(adv, ent, traj, step, final_norm="traj_mean")  # mean of trajectory means is 0
+    tm = empg_transform(adv, ent, traj, step, EMPGParams(final_norm="traj_mean"))  # mean of trajectory means is 0
     means = [float(tm[traj == tid].mean()) for tid in set(b[2])]
     assert abs(sum(means) / len(means)) < 1e-9
 
@@ -225,7 +230,7 @@ def test_invariants(b, seed):
 @given(b=batches(equal_entropy=True))
 def test_equal_entropies_give_unit_g_and_f(b):
     adv, ent, traj, step = T(b[0]), T(b[1]), L(b[2]), L(b[3])
-    out, s = empg_transform_with_stats(adv, ent, traj, step, final_norm="none")
+    out, s = empg_transform_with_stats(adv, ent, traj, step, EMPGParams(final_norm="none"))
     assert torch.isfinite(out).all()
     torch.testing.assert_close(s.g, torch.ones_like(s.g), atol=1e-6, rtol=0)
     torch.testing.assert_close(s.f[s.has_next], torch.ones_like(s.f[s.has_next]))
@@ -241,3 +246,14 @@ def test_metrics_summary():
     assert abs(m["empg/f_min"] - e) < 1e-7 and abs(m["empg/f_max"] - e) < 1e-7  # f only over steps with a next
     # before: success steps (1.498905 + 0.537883) / 2 = 1.018394; after subtracting 0.018394 -> 1.0
     assert abs(m["empg/adv_success_before"] - 1.018394) < 1e-5 and abs(m["empg/adv_success_after"] - 1.0) < 1e-6
+
+
+def test_params_are_validated_once_and_default_to_the_paper():
+    p = EMPGParams()
+    assert (p.k, p.k_next, p.zeta, p.use_scaling, p.final_norm) == (1.0, 1.0, 0.1, True, "mean")
+    with pytest.raises(ValueError, match="final_norm='std' is not one of"):
+        EMPGParams(final_norm="std")
+    with pytest.raises(ValueError, match="k_next must be finite"):
+        EMPGParams(k_next=float("inf"))
+    with pytest.raises(ValueError, match="eps must be > 0"):
+        EMPGParams(eps=0.0)

@@ -168,3 +168,13 @@ def test_a_missing_extra_is_a_config_error_except_when_reading_a_finished_run(
     assert getattr(getattr(cfg, section), name) == value
     with pytest.raises(ConfigError, match=re.escape(fix)):
         apply_overrides(cfg, [])
+
+
+def test_algo_empg_params_map_the_bonus_switch_to_zeta_zero():
+    from empg.algos import EMPGParams
+    from empg.train.config import AlgoConfig
+
+    assert AlgoConfig(zeta=0.3, k=2.0).empg_params() == EMPGParams(k=2.0, zeta=0.3)
+    assert AlgoConfig(zeta=0.3, use_bonus=False, use_scaling=False).empg_params() == EMPGParams(
+        zeta=0.0, use_scaling=False
+    )

@@ -19,7 +19,7 @@ from empg.algos.advantages import (
     trajectory_returns,
 )
 from empg.algos.anchors import anchor_advantages, anchor_sets, discounted_step_returns
-from empg.algos.empg import FINAL_NORMS, EMPGStats, empg_transform, empg_transform_with_stats
+from empg.algos.empg import FINAL_NORMS, EMPGParams, EMPGStats, empg_transform, empg_transform_with_stats
 from empg.algos.entropy import (
     STEP_ENTROPY_MODES,
     broadcast_to_tokens,
@@ -45,6 +45,7 @@ __all__ = [
     "anchor_sets",
     "broadcast_to_tokens",
     "discounted_step_returns",
+    "EMPGParams",
     "empg_transform",
     "empg_transform_with_stats",
     "entropy_loss",

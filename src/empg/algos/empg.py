@@ -14,8 +14,11 @@ Duplicated rows (same ``traj_id`` and ``step_idx``) are de-duplicated: identical
 statistic (min, max, means) and all copies receive the same output. Duplicates that disagree on entropy or
 advantage raise a ``ValueError`` because the batch is then inconsistent.
 
-Everything is tensor code with no Python loop over steps or trajectories: O(S) with a dense key table when the
-trajectory ids are small non-negative integers and rows are unique (the trainer's case), else one O(S log S) sort.
+The hyper-parameters (k, k', ζ, the g switch, the final normalisation, eps) travel as one :class:`EMPGParams`;
+:func:`empg_transform_with_stats` reads as the five steps above, after a pre-step that de-duplicates the rows and
+links each step to its next. Everything is tensor code with no Python loop over steps or trajectories: O(S) with a
+dense key table when the trajectory ids are small non-negative integers and rows are unique (the trainer's case),
+else one O(S log S) sort.
 """
 
 from __future__ import annotations
@@ -26,12 +29,45 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["FINAL_NORMS", "EMPGStats", "empg_transform", "empg_transform_with_stats"]
+__all__ = ["DEFAULT_PARAMS", "FINAL_NORMS", "EMPGParams", "EMPGStats", "empg_transform", "empg_transform_with_stats"]
 
 FINAL_NORMS = ("mean", "mean_std", "none", "traj_mean")
 """``"mean"``: subtract the step-level mean (paper). ``"mean_std"``: also divide by the step-level std (population,
 plus eps). ``"none"``: A_mod as is. ``"traj_mean"``: subtract the mean over trajectories of each trajectory's mean
 A_mod, so long (usually failed) trajectories do not dominate the shift (METHOD §6 risk 1)."""
+
+
+@dataclass(frozen=True)
+class EMPGParams:
+    """EMPG's hyper-parameters (METHOD §3); the defaults are the paper's.
+
+    Attributes:
+        k: sharpness of the self-calibrating scale g.
+        k_next: sharpness k' of the future-clarity bonus f.
+        zeta: weight ζ of the bonus (0 = the "g only" ablation).
+        use_scaling: False sets g ≡ 1 (the "f only" ablation).
+        final_norm: one of :data:`FINAL_NORMS`.
+        eps: epsilon of the min-max range, of the mean of g and of ``"mean_std"``.
+    """
+
+    k: float = 1.0
+    k_next: float = 1.0
+    zeta: float = 0.1
+    use_scaling: bool = True
+    final_norm: str = "mean"
+    eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        if self.final_norm not in FINAL_NORMS:
+            raise ValueError(f"final_norm={self.final_norm!r} is not one of {FINAL_NORMS}")
+        for name in ("k", "k_next", "zeta", "eps"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"EMPG {name} must be finite, got {getattr(self, name)}")
+        if not self.eps > 0:
+            raise ValueError(f"EMPG eps must be > 0, got {self.eps}")
+
+
+DEFAULT_PARAMS = EMPGParams()
 
 
 @dataclass
@@ -73,7 +109,7 @@ class EMPGStats:
         return out
 
 
-def _validate(advantages: Tensor, step_entropy: Tensor, traj_id: Tensor, step_idx: Tensor, final_norm: str) -> int:
+def _validate(advantages: Tensor, step_entropy: Tensor, traj_id: Tensor, step_idx: Tensor) -> int:
     """Raise ``ValueError`` naming the problem; return the largest ``step_idx``."""
     n = advantages.shape[0] if advantages.dim() == 1 else -1
     for name, t in (("advantages", advantages), ("step_entropy", step_entropy), ("traj_id", traj_id)):
@@ -92,8 +128,6 @@ def _validate(advantages: Tensor, step_entropy: Tensor, traj_id: Tensor, step_id
     step_min, step_max = int(step_idx.min()), int(step_idx.amax())
     if step_min < 0:
         raise ValueError("step_idx must be >= 0 (0-based turn index inside the trajectory)")
-    if final_norm not in FINAL_NORMS:
-        raise ValueError(f"final_norm={final_norm!r} is not one of {FINAL_NORMS}")
     return step_max
 
 
@@ -195,62 +229,60 @@ def _index_steps(adv: Tensor, ent: Tensor, traj_id: Tensor, step_idx: Tensor, ma
     return _StepIndex(out[0], out[1], nxt, uk // m, inv)
 
 
-def _modulate(
-    idx: _StepIndex, *, k: float, k_next: float, zeta: float, use_scaling: bool, use_bonus: bool, eps: float, keep: bool
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """A_mod = g A + zeta f over the unique steps (U,); with ``keep``, also g, f, h_norm and has_next.
+def _unique_steps(advantages: Tensor, step_entropy: Tensor, traj_id: Tensor, step_idx: Tensor) -> _StepIndex:
+    """The pre-step: validate the input, then de-duplicate the rows and link each step to its next (float64)."""
+    max_step = _validate(advantages, step_entropy, traj_id, step_idx)
+    f64 = torch.float64
+    return _index_steps(advantages.to(f64), step_entropy.to(f64), traj_id, step_idx, max_step)
 
-    Written for few passes over memory (the transform is bandwidth-bound): exp(-k' h) goes into a buffer with a
-    leading 0 so that one gather at ``idx.nxt`` gives f, and ``addcmul_`` applies g without materialising it.
-    """
-    a, h = idx.adv, idx.ent
+
+def _min_max(h: Tensor, eps: float) -> Tensor:
+    """Step 1: ``(h - min h) / (max h - min h + eps)`` (U,), in [0, 1)."""
     h_min, h_max = float(h.amin()), float(h.amax())  # Python floats: no 0-dim tensor arithmetic below
     if not (math.isfinite(h_min) and math.isfinite(h_max)):  # amin/amax propagate NaN; +-inf is an extreme
         raise ValueError(_NON_FINITE.format(name="step_entropy"))
-    inv_range = 1.0 / (h_max - h_min + eps)
-    e_pad = h.new_empty(h.shape[0] + 1)
-    e_pad[0] = 0.0
-    e_next = torch.mul(h, -k_next * inv_range, out=e_pad[1:]).add_(k_next * inv_range * h_min).exp_()
-    f = e_pad.index_select(0, idx.nxt)  # (U,) exp(-k' h_next), 0 where there is no next step
-    w = c = None
-    if use_scaling:
-        w = e_next if k_next == k else torch.mul(h, -k * inv_range).add_(k * inv_range * h_min).exp_()
-        c = 1.0 / (float(w.mean()) + eps)  # g = c w
-    parts = {}
-    if keep:
-        parts = {"h_norm": (h - h_min).mul_(inv_range), "f": f.clone(), "has_next": idx.nxt > 0}
-        parts["g"] = w * c if w is not None else torch.ones_like(h)
-    a_mod = f.mul_(zeta) if use_bonus else torch.zeros_like(a)
-    if w is not None:
-        a_mod.addcmul_(w, a, value=c)
-    else:
-        a_mod.add_(a)
-    return a_mod, parts
+    return (h - h_min).mul_(1.0 / (h_max - h_min + eps))
 
 
-def _transform(
-    advantages: Tensor,
-    step_entropy: Tensor,
-    traj_id: Tensor,
-    step_idx: Tensor,
-    *,
-    keep: bool,
-    final_norm: str,
-    **kw: float | bool,
-) -> tuple[Tensor, Tensor, dict[str, Tensor], _StepIndex]:
-    """Shared body of the two public functions: (a_final (U,), a_mod (U,), parts, step index)."""
-    max_step = _validate(advantages, step_entropy, traj_id, step_idx, final_norm)
-    f64 = torch.float64
-    idx = _index_steps(advantages.to(f64), step_entropy.to(f64), traj_id, step_idx, max_step)
-    a_mod, parts = _modulate(idx, keep=keep, **kw)
-    a_final, total = _final_norm(a_mod.clone() if keep else a_mod, idx.traj, final_norm, kw["eps"])
-    if not math.isfinite(total):  # a NaN or inf in either input reaches A_mod, hence its sum
-        _check_finite(advantages, step_entropy)
+def _self_calibrating_scale(h_norm: Tensor, k: float, eps: float, clarity: Tensor, k_next: float) -> Tensor:
+    """Step 2: ``g = exp(-k h) / (mean exp(-k h) + eps)`` (U,), mean 1 over the batch's steps. ``clarity`` is
+    ``exp(-k_next h)``, reused when ``k == k_next``."""
+    w = clarity if k == k_next else torch.mul(h_norm, -k).exp_()
+    return w * (1.0 / (float(w.mean()) + eps))
+
+
+def _of_next_step(x: Tensor, nxt: Tensor) -> Tensor:
+    """Step 3's gather: ``x`` of each step's next step (U,), 0 where the trajectory has none (``nxt`` = 1 + the
+    next step's index, 0 if none: a gather from ``x`` with a leading 0)."""
+    return torch.cat([x.new_zeros(1), x]).index_select(0, nxt)
+
+
+def _final_norm(a_mod: Tensor, traj: Tensor, final_norm: str, eps: float, inputs: tuple[Tensor, Tensor]) -> Tensor:
+    """Step 5 on the unique steps' A_mod (U,) (``traj`` (U,) labels their trajectories); a new tensor.
+
+    The sum of A_mod is non-finite when any A_mod is: that one reduction serves as the NaN/inf check (naming the
+    culprit among ``inputs`` = (advantages, step_entropy), else an overflow) and, for ``"mean"``, as the mean.
+    """
+    total = float(a_mod.sum())
+    if not math.isfinite(total):
+        _check_finite(*inputs)
         raise ValueError(
             "EMPG produced a non-finite advantage from finite inputs (an overflow: check the scale of the "
             "advantages and entropies)"
         )
-    return a_final, a_mod, parts, idx
+    if final_norm == "none":
+        return a_mod.clone()
+    mean = total / a_mod.shape[0]
+    if final_norm == "mean":
+        return a_mod - mean
+    if final_norm == "mean_std":
+        centred = a_mod - mean
+        return centred.div_(float(centred.pow(2).mean().sqrt()) + eps)
+    # "traj_mean": mean over trajectories of each trajectory's mean A_mod
+    sums = torch.bincount(traj, weights=a_mod)
+    counts = torch.bincount(traj).to(a_mod.dtype)
+    present = counts > 0
+    return a_mod - float((sums[present] / counts[present]).mean())
 
 
 def empg_transform_with_stats(
@@ -258,29 +290,16 @@ def empg_transform_with_stats(
     step_entropy: Tensor,
     traj_id: Tensor,
     step_idx: Tensor,
-    *,
-    k: float = 1.0,
-    k_next: float = 1.0,
-    zeta: float = 0.1,
-    use_scaling: bool = True,
-    use_bonus: bool = True,
-    final_norm: str = "mean",
-    eps: float = 1e-8,
+    params: EMPGParams = DEFAULT_PARAMS,
 ) -> tuple[Tensor, EMPGStats]:
-    """EMPG transform returning the final advantages and the per-step intermediates.
+    """EMPG-modulated advantages and the per-step intermediates (METHOD §3).
 
     Args:
         advantages: (S,) base advantage A(i) of each step (e.g. GRPO of its trajectory).
         step_entropy: (S,) step entropy H_{i,t}.
         traj_id: (S,) integer trajectory id.
         step_idx: (S,) 0-based turn index inside the trajectory.
-        k: scaling sharpness of g.
-        k_next: sharpness of the future-clarity bonus f.
-        zeta: bonus weight.
-        use_scaling: False sets g ≡ 1 (ablation "f only").
-        use_bonus: False sets zeta = 0 (ablation "g only").
-        final_norm: one of :data:`FINAL_NORMS`.
-        eps: numerical epsilon of the min-max range, of the mean of g, and of ``"mean_std"``.
+        params: k, k', ζ, the g switch, the final normalisation and eps (:class:`EMPGParams`).
 
     Returns:
         (a_final (S,), stats). a_final has the dtype of ``advantages``; rows that are duplicates get equal values.
@@ -288,38 +307,18 @@ def empg_transform_with_stats(
     Raises:
         ValueError: on malformed input (shapes, dtypes, negative steps, NaN or inf, disagreeing duplicates).
     """
-    kw = dict(k=k, k_next=k_next, zeta=zeta, use_scaling=use_scaling, use_bonus=use_bonus, eps=eps)
-    a_final, a_mod, parts, idx = _transform(
-        advantages, step_entropy, traj_id, step_idx, keep=True, final_norm=final_norm, **kw
-    )
+    p = params
+    steps = _unique_steps(advantages, step_entropy, traj_id, step_idx)  # pre-step: de-duplicate, link t -> t+1
+    h = _min_max(steps.ent, p.eps)  # 1. h in [0, 1)
+    clarity = torch.mul(h, -p.k_next).exp_()  # exp(-k' h) of every step
+    g = _self_calibrating_scale(h, p.k, p.eps, clarity, p.k_next) if p.use_scaling else torch.ones_like(h)  # 2.
+    f = _of_next_step(clarity, steps.nxt)  # 3. f_{i,t} = exp(-k' h_{i,t+1}), 0 on a last step
+    a_mod = torch.addcmul(p.zeta * f, g, steps.adv)  # 4. A_mod = g A + zeta f
+    a_final = _final_norm(a_mod, steps.traj, p.final_norm, p.eps, (advantages, step_entropy))  # 5.
     out = _out_dtype(advantages)
-    stats = EMPGStats(
-        a_mod=idx.rows(a_mod, out), a_final=idx.rows(a_final, out), **{n: idx.rows(t, out) for n, t in parts.items()}
-    )
+    parts = {"g": g, "f": f, "h_norm": h, "has_next": steps.nxt > 0, "a_mod": a_mod, "a_final": a_final}
+    stats = EMPGStats(**{name: steps.rows(t, out) for name, t in parts.items()})
     return stats.a_final, stats
-
-
-def _final_norm(a_mod: Tensor, traj: Tensor, final_norm: str, eps: float) -> tuple[Tensor, float]:
-    """Final normalisation of the unique steps' A_mod (U,), in place; ``traj`` (U,) labels their trajectories.
-
-    Returns:
-        (a_final (U,), sum of A_mod). The sum is non-finite when any A_mod is: one reduction serves as the NaN/inf
-        check and, for ``"mean"``, as the mean.
-    """
-    total = float(a_mod.sum())
-    if final_norm == "none":
-        return a_mod, total
-    mean = total / a_mod.shape[0]
-    if final_norm == "mean":
-        return a_mod.sub_(mean), total
-    if final_norm == "mean_std":
-        centred = a_mod.sub_(mean)
-        return centred.div_(float(centred.pow(2).mean().sqrt()) + eps), total
-    # "traj_mean": mean over trajectories of each trajectory's mean A_mod
-    sums = torch.bincount(traj, weights=a_mod)
-    counts = torch.bincount(traj).to(a_mod.dtype)
-    present = counts > 0
-    return a_mod.sub_(float((sums[present] / counts[present]).mean())), total
 
 
 def empg_transform(
@@ -327,22 +326,10 @@ def empg_transform(
     step_entropy: Tensor,
     traj_id: Tensor,
     step_idx: Tensor,
-    *,
-    k: float = 1.0,
-    k_next: float = 1.0,
-    zeta: float = 0.1,
-    use_scaling: bool = True,
-    use_bonus: bool = True,
-    final_norm: str = "mean",
-    eps: float = 1e-8,
+    params: EMPGParams = DEFAULT_PARAMS,
 ) -> Tensor:
-    """EMPG-modulated advantages (S,); see :func:`empg_transform_with_stats` for the arguments (this one skips the
-    intermediates, a few passes less)."""
-    kw = dict(k=k, k_next=k_next, zeta=zeta, use_scaling=use_scaling, use_bonus=use_bonus, eps=eps)
-    a_final, _, _, idx = _transform(
-        advantages, step_entropy, traj_id, step_idx, keep=False, final_norm=final_norm, **kw
-    )
-    return idx.rows(a_final, _out_dtype(advantages))
+    """EMPG-modulated advantages (S,); see :func:`empg_transform_with_stats`."""
+    return empg_transform_with_stats(advantages, step_entropy, traj_id, step_idx, params)[0]
 
 
 def _out_dtype(advantages: Tensor) -> torch.dtype:

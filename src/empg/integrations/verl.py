@@ -55,6 +55,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from empg.algos.empg import DEFAULT_PARAMS as EMPG_DEFAULTS
+from empg.algos.empg import EMPGParams
+
 logger = logging.getLogger(__name__)
 
 ESTIMATOR_NAME = "empg"
@@ -84,12 +87,12 @@ class EMPGVerlConfig:
         return_mode: "episode" (every step row carries the episode score) | "sum" (sum of the rows' scores).
     """
 
-    k: float = 1.0
-    k_next: float = 1.0
-    zeta: float = 0.1
-    use_scaling: bool = True
+    k: float = EMPG_DEFAULTS.k
+    k_next: float = EMPG_DEFAULTS.k_next
+    zeta: float = EMPG_DEFAULTS.zeta
+    use_scaling: bool = EMPG_DEFAULTS.use_scaling
     use_bonus: bool = True
-    final_norm: str = "mean"
+    final_norm: str = EMPG_DEFAULTS.final_norm
     norm_adv_by_std: bool | None = None
     layout: str = "auto"
     group_key: str = "uid"
@@ -107,6 +110,11 @@ class EMPGVerlConfig:
         for name in ("k", "k_next", "zeta"):
             if not float(getattr(self, name)) >= 0:
                 raise ValueError(f"algorithm.empg.{name} must be >= 0, got {getattr(self, name)!r}")
+
+    def params(self) -> EMPGParams:
+        """The transform's :class:`empg.algos.EMPGParams` (``use_bonus=False`` is ζ = 0)."""
+        zeta = self.zeta if self.use_bonus else 0.0
+        return EMPGParams(self.k, self.k_next, zeta, self.use_scaling, self.final_norm)
 
     @classmethod
     def from_algorithm_config(cls, algo_cfg: Any = None, **overrides: Any) -> EMPGVerlConfig:
@@ -271,12 +279,7 @@ def empg_token_advantages(
         step_h,
         step_traj,
         step_t,
-        k=cfg.k,
-        k_next=cfg.k_next,
-        zeta=cfg.zeta,
-        use_scaling=cfg.use_scaling,
-        use_bonus=cfg.use_bonus,
-        final_norm=cfg.final_norm,
+        cfg.params(),
     )
     if token_step is None:
         adv = a_final.unsqueeze(1) * mask.to(a_final.dtype)  # (B, T)

@@ -88,12 +88,7 @@ def advantage_phase(
             h,
             batch.traj_id,
             batch.step_idx,
-            k=cfg.algo.k,
-            k_next=cfg.algo.k_next,
-            zeta=cfg.algo.zeta,
-            use_scaling=cfg.algo.use_scaling,
-            use_bonus=cfg.algo.use_bonus,
-            final_norm=cfg.algo.final_norm,
+            cfg.algo.empg_params(),
         )
         metrics.update(stats("empg/g", st.g))
         metrics.update(stats("empg/f", st.f[st.has_next.bool()]))

@@ -25,6 +25,9 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from empg.algos.empg import DEFAULT_PARAMS as EMPG_DEFAULTS
+from empg.algos.empg import EMPGParams
+
 
 class ConfigError(ValueError):
     """A configuration problem: ``field``, what is wrong (``problem``) and how to fix it (``fix``)."""
@@ -206,12 +209,12 @@ class AlgoConfig:
     )
     gigpo_gamma: float = _f(0.95, "GiGPO: discount γ of the step returns R_t = Σ_k γ^(k-t) r_k (in [0, 1]).")
     empg: bool = _f(False, "Apply the EMPG advantage transform (entropy-modulated scaling + future-clarity bonus).")
-    use_scaling: bool = _f(True, "EMPG ablation: self-calibrating scaling g (False = g ≡ 1).")
+    use_scaling: bool = _f(EMPG_DEFAULTS.use_scaling, "EMPG ablation: self-calibrating scaling g (False = g ≡ 1).")
     use_bonus: bool = _f(True, "EMPG ablation: future-clarity bonus f (False = zeta 0).")
-    k: float = _f(1.0, "EMPG scaling sharpness k in g = exp(-k H̃) / mean exp(-k H̃).")
-    k_next: float = _f(1.0, "EMPG bonus sharpness k' in f = exp(-k' H̃_next).")
-    zeta: float = _f(0.1, "EMPG bonus weight ζ.")
-    final_norm: str = _f("mean", "EMPG final normalisation: mean | mean_std | none | traj_mean.")
+    k: float = _f(EMPG_DEFAULTS.k, "EMPG scaling sharpness k in g = exp(-k H̃) / mean exp(-k H̃).")
+    k_next: float = _f(EMPG_DEFAULTS.k_next, "EMPG bonus sharpness k' in f = exp(-k' H̃_next).")
+    zeta: float = _f(EMPG_DEFAULTS.zeta, "EMPG bonus weight ζ.")
+    final_norm: str = _f(EMPG_DEFAULTS.final_norm, "EMPG final normalisation: mean | mean_std | none | traj_mean.")
     step_entropy: str = _f("mean", "Step entropy: mean | renyi2 | weighted | action (action-span tokens only).")
     action_weight: float = _f(4.0, "step_entropy=weighted: weight of action tokens relative to thought tokens.")
     clip_low: float = _f(0.2, "PPO ratio clip ε_low.")
@@ -241,6 +244,11 @@ class AlgoConfig:
         if self.clip_high is not None:
             return self.clip_high
         return 0.28 if self.base == "dapo" else 0.2
+
+    def empg_params(self) -> EMPGParams:
+        """The EMPG transform's parameters (``use_bonus=False`` is ζ = 0)."""
+        zeta = self.zeta if self.use_bonus else 0.0
+        return EMPGParams(self.k, self.k_next, zeta, self.use_scaling, self.final_norm)
 
     @property
     def effective_dynamic_sampling(self) -> bool:
