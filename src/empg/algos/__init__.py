@@ -1,6 +1,6 @@
 """The algorithm core: pure tensor functions over masked tensors (imports nothing else from the project).
 
-* :mod:`~empg.algos.advantages` — GRPO / Dr.GRPO / RLOO group advantages, returns, estimator registry;
+* :mod:`~empg.algos.advantages` — GRPO / Dr.GRPO group advantages and episode returns;
 * :mod:`~empg.algos.anchors` — GiGPO's step-level advantages over anchor states (optional, added to the base);
 * :mod:`~empg.algos.empg` — the vectorised EMPG advantage transform;
 * :mod:`~empg.algos.entropy` — chunked token entropies / log-probs, step aggregation, broadcast to tokens;
@@ -9,12 +9,7 @@
 """
 
 from empg.algos.advantages import (
-    ADVANTAGE_ESTIMATORS,
-    AdvantageInputs,
-    get_advantage_estimator,
     grpo_advantages,
-    register_advantage_estimator,
-    rloo_advantages,
     step_level_grpo_advantages,
     trajectory_returns,
 )
@@ -33,12 +28,10 @@ from empg.algos.losses import AGG_MODES, KL_KINDS, agg_loss, entropy_loss, kl_pe
 from empg.algos.sampling import filter_groups, overlong_penalty
 
 __all__ = [
-    "ADVANTAGE_ESTIMATORS",
     "AGG_MODES",
     "FINAL_NORMS",
     "KL_KINDS",
     "STEP_ENTROPY_MODES",
-    "AdvantageInputs",
     "EMPGStats",
     "agg_loss",
     "anchor_advantages",
@@ -50,14 +43,11 @@ __all__ = [
     "empg_transform_with_stats",
     "entropy_loss",
     "filter_groups",
-    "get_advantage_estimator",
     "grpo_advantages",
     "kl_penalty",
     "logprobs_and_entropy",
     "overlong_penalty",
     "policy_loss",
-    "register_advantage_estimator",
-    "rloo_advantages",
     "step_entropy",
     "step_level_grpo_advantages",
     "token_entropy",

@@ -1,36 +1,22 @@
-"""Group-relative base advantages (METHOD §2): GRPO, Dr.GRPO, RLOO, and a registry of estimators by name.
+"""Group-relative base advantages (METHOD §2): GRPO and Dr.GRPO, over trajectories or over step rows.
 
 Implemented variants:
 
 * **GRPO** (arXiv 2402.03300, outcome supervision): ``A_i = (R_i - mean_g R) / (std_g R + eps)``, std unbiased
   (N - 1). Each trajectory counts once in its group statistics.
 * **Dr.GRPO**: the same without the division by the std (``norm_by_std=False``).
-* **RLOO**: leave-one-out baseline ``A_i = R_i - mean_{j != i} R_j``.
 * verl-agent's step-level statistics (``grpo_stats="steps"``): every step row counts in the group statistics.
 
-A group of one trajectory carries no relative signal: its advantage is exactly 0 for every estimator (the group is
+A group of one trajectory carries no relative signal: its advantage is exactly 0 (the group is
 given mean ``R_i`` and std 1).
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
-__all__ = [
-    "AdvantageInputs",
-    "ADVANTAGE_ESTIMATORS",
-    "trajectory_returns",
-    "grpo_advantages",
-    "step_level_grpo_advantages",
-    "rloo_advantages",
-    "register_advantage_estimator",
-    "get_advantage_estimator",
-]
+__all__ = ["trajectory_returns", "grpo_advantages", "step_level_grpo_advantages"]
 
 
 def trajectory_returns(
@@ -132,102 +118,3 @@ def step_level_grpo_advantages(
         (S,) advantage per step row.
     """
     return grpo_advantages(step_scores, group_id, norm_by_std=norm_by_std, eps=eps)
-
-
-def rloo_advantages(returns: Tensor, group_id: Tensor) -> Tensor:
-    """RLOO: ``A_i = R_i - mean_{j != i} R_j = n/(n-1) * (R_i - mean_g R)``; groups of one get 0.
-
-    Args:
-        returns: (N,) episode returns.
-        group_id: (N,) group of each trajectory.
-
-    Returns:
-        (N,) advantages.
-    """
-    returns = torch.as_tensor(returns)
-    group_id = torch.as_tensor(group_id, device=returns.device)
-    _check_1d(returns, group_id, "returns")
-    out_dtype = returns.dtype if returns.is_floating_point() else torch.float32
-    if returns.numel() == 0:
-        return returns.to(out_dtype)
-    count, mean, _ = _group_moments(returns, group_id)
-    adv = (returns.to(torch.float64) - mean) * count / (count - 1).clamp(min=1)
-    return adv.to(out_dtype)
-
-
-# ----------------------------------------------------------------------------- registry
-@dataclass(frozen=True)
-class AdvantageInputs:
-    """The one input type of every registered estimator.
-
-    Attributes:
-        returns: (N,) episode return per trajectory.
-        group_id: (N,) integer group per trajectory.
-        eps: numerical epsilon for std-normalising estimators.
-    """
-
-    returns: Tensor
-    group_id: Tensor
-    eps: float = 1e-6
-
-
-AdvantageEstimator = Callable[[AdvantageInputs], Tensor]
-ADVANTAGE_ESTIMATORS: dict[str, AdvantageEstimator] = {}
-
-
-def register_advantage_estimator(name: str) -> Callable[[AdvantageEstimator], AdvantageEstimator]:
-    """Decorator registering ``fn(inputs: AdvantageInputs) -> Tensor (N,)`` under ``name``.
-
-    Raises:
-        ValueError: when ``name`` is already registered.
-    """
-
-    def deco(fn: AdvantageEstimator) -> AdvantageEstimator:
-        if name in ADVANTAGE_ESTIMATORS:
-            raise ValueError(
-                f"advantage estimator {name!r} is already registered ({ADVANTAGE_ESTIMATORS[name].__qualname__}); "
-                "pick another name"
-            )
-        ADVANTAGE_ESTIMATORS[name] = fn
-        return fn
-
-    return deco
-
-
-def get_advantage_estimator(name: str) -> AdvantageEstimator:
-    """Look up an estimator by registered name, or import ``"pkg.module:fn"`` (user code).
-
-    Raises:
-        KeyError: unknown name; the message lists the valid names.
-    """
-    if ":" in name:
-        module_name, _, attr = name.partition(":")
-        try:
-            fn = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as err:
-            raise KeyError(f"cannot import advantage estimator {name!r}: {err}") from err
-        if not callable(fn):
-            raise KeyError(f"{name!r} is not callable")
-        return fn
-    try:
-        return ADVANTAGE_ESTIMATORS[name]
-    except KeyError:
-        valid = ", ".join(sorted(ADVANTAGE_ESTIMATORS))
-        raise KeyError(
-            f"unknown advantage estimator {name!r}; valid names: {valid}, or 'pkg.module:fn' for your own"
-        ) from None
-
-
-@register_advantage_estimator("grpo")
-def _grpo(inputs: AdvantageInputs) -> Tensor:
-    return grpo_advantages(inputs.returns, inputs.group_id, norm_by_std=True, eps=inputs.eps)
-
-
-@register_advantage_estimator("dr_grpo")
-def _dr_grpo(inputs: AdvantageInputs) -> Tensor:
-    return grpo_advantages(inputs.returns, inputs.group_id, norm_by_std=False, eps=inputs.eps)
-
-
-@register_advantage_estimator("rloo")
-def _rloo(inputs: AdvantageInputs) -> Tensor:
-    return rloo_advantages(inputs.returns, inputs.group_id)
