@@ -81,7 +81,6 @@ def child(trace: str, argv: list[str]) -> int:
     fh = open(trace, "a", buffering=1)  # noqa: SIM115 - open for the whole process; a line is one write()
     fh.write(f"{time.time():.6f} ready -\n")
 
-    import empg.eval.evaluate as evaluate
     import empg.train.checkpoint as ckpt
     import empg.train.rl as rl
     import empg.train.sft as sft
@@ -139,7 +138,7 @@ def child(trace: str, argv: list[str]) -> int:
     sft.sft_train = sft_train
     wrap(rl, "build_base_policy", "sft", flag=True)
     wrap(sft, "collect_demos", "sft-demos")
-    wrap(evaluate, "evaluate_with_config", "sft-eval", sft_only=True)
+    wrap(sft, "evaluate_with_config", "sft-eval", sft_only=True)
     wrap(rl, "rollout_phase", "rollout", lambda a: a[1])
     wrap(rl, "score_phase", "scoring", lambda a: a[2])
     wrap(rl, "update_phase", "update", lambda a: a[3])

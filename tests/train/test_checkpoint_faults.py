@@ -160,7 +160,7 @@ def test_no_checkpoint_yet_restarts_from_zero_with_a_warning(run_copy, reference
     capsys.readouterr()
     assert main(["train", "--resume", str(run_copy)]) == 0
     out = _flat(capsys.readouterr().out)
-    assert ".tmp-iter_0001" in out and "startsoverfromiteration0" in out
+    assert ".tmp-iter_0001" in out and "noRLcheckpointyet:RLstartsatiteration0fromthesavedbase_model" in out
     _assert_same_as(run_copy, reference)
 
 
@@ -358,3 +358,24 @@ def test_resume_checkpoint_warns_through_warnings_without_a_console(tmp_path):
     with pytest.warns(ckpt.CheckpointWarning, match=r"iter_0002/model\.safetensors .* resuming from iter_0001"):
         assert ckpt.resume_checkpoint(tmp_path) == tmp_path / "checkpoints" / "iter_0001"
     assert ckpt.resume_checkpoint(tmp_path, quiet=True) == tmp_path / "checkpoints" / "iter_0001"
+
+
+def test_resume_without_an_rl_checkpoint_says_what_happens_next(tmp_path, tiny_model_dir):
+    """No RL checkpoint yet: the warning names what the resume does (SFT continues, RL starts from the base model,
+    or nothing was saved), never a blanket "starts over from iteration 0" after an SFT that was checkpointed."""
+    said: list[str] = []
+    assert ckpt.resume_checkpoint(tmp_path, warn=said.append) is None
+    assert "starts over from the beginning (nothing was saved before)" in said[-1]
+    sft_state = tmp_path / "checkpoints" / "sft" / "demos" / "iter_0005"
+    sft_state.mkdir(parents=True)
+    (sft_state / "state.json").write_text("{}")
+    assert ckpt.resume_checkpoint(tmp_path, warn=said.append) is None
+    assert "no RL checkpoint yet: SFT continues from its last checkpoint" in said[-1]
+    (tmp_path / "base_model").mkdir()
+    (tmp_path / "base_model" / "config.json").write_text("{}")
+    with pytest.raises(ckpt.CheckpointError):  # a base model that is not complete is refused, as before
+        ckpt.resume_checkpoint(tmp_path, warn=said.append)
+    shutil.rmtree(tmp_path / "base_model")
+    shutil.copytree(tiny_model_dir, tmp_path / "base_model")
+    assert ckpt.resume_checkpoint(tmp_path, warn=said.append) is None
+    assert "no RL checkpoint yet: RL starts at iteration 0 from the saved base_model" in said[-1]

@@ -389,7 +389,8 @@ def resume_checkpoint(
 
     Damaged or half-written checkpoints are skipped with a warning naming the file (on ``console``, else through
     :mod:`warnings`; ``quiet``: none, for the non-main ranks of a distributed run). Returns None only when the run
-    has no checkpoint yet (the run then starts over from iteration 0, with a warning).
+    has no RL checkpoint yet (a warning says what then happens: SFT continues from its own checkpoint, RL
+    starts from the saved base model, or the run starts over).
 
     Raises:
         CheckpointError: every checkpoint is damaged, the newest complete one does not match the run's
@@ -433,12 +434,23 @@ def resume_checkpoint(
             f"`empg train --config {run_dir / 'config.yaml'} run_dir=NEW_DIR`",
         )
     if chosen is None:
-        say(f"{run_dir} has no checkpoint yet: the run starts over from iteration 0")
+        say(_no_rl_checkpoint_yet(run_dir))
         return None
     check_matches_base(chosen, base)
     for problem in skipped:
         say(f"skipping a checkpoint: {problem}; resuming from {chosen.name}")
     return chosen
+
+
+def _no_rl_checkpoint_yet(run_dir: Path) -> str:
+    """What a resume without an RL checkpoint does: continue SFT from its own checkpoint, start RL from the saved
+    base model, or start over (nothing kept)."""
+    sft = run_dir / "checkpoints" / "sft"
+    if (run_dir / "base_model" / "config.json").is_file():
+        return f"{run_dir} has no RL checkpoint yet: RL starts at iteration 0 from the saved base_model"
+    if sft.is_dir() and any(sft.rglob("state.json")):
+        return f"{run_dir} has no RL checkpoint yet: SFT continues from its last checkpoint ({sft}), then RL starts"
+    return f"{run_dir} has no checkpoint yet: the run starts over from the beginning (nothing was saved before)"
 
 
 def check_matches_base(ckpt_dir: Path, base_dir: Path) -> None:
