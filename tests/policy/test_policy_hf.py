@@ -175,6 +175,22 @@ def test_save_load_roundtrip(tiny, tmp_path):
         Policy.from_spec("tiny-1m", cache_dir=tmp_path)  # the policy layer knows no env: the caller names the text
 
 
+def test_save_atomic_removes_what_a_dead_process_left_and_keeps_a_live_ones(tiny, tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left = tmp_path / f".tmp-base_model-{dead.pid}"  # a save killed half-way by a crash
+    live = tmp_path / f".tmp-base_model-{os.getppid()}"  # the parent process: alive
+    for d in (left, live):
+        d.mkdir()
+        (d / "config.json").write_text("{}")
+    tiny.save_atomic(tmp_path / "base_model")
+    assert (tmp_path / "base_model" / "model.safetensors").is_file()
+    assert not left.exists() and live.exists()
+
+
 def test_from_spec_tiny_is_deterministic_and_cached(tmp_path, monkeypatch, corpus_texts):
     def corpus():
         return corpus_texts * 2

@@ -159,8 +159,8 @@ class Policy:
 
         path = Path(path)
         tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        for stale in _stale_tmp_dirs(path) + ([tmp] if tmp.exists() else []):
+            shutil.rmtree(stale, ignore_errors=True)
         self.save(tmp)
         if replace and path.exists():
             shutil.rmtree(path)
@@ -236,6 +236,23 @@ class Policy:
             raise ValueError(f"need one constraint (or None) per prompt, got {len(constraints)} for {len(prompt_ids)}")
         rows = [_RowState.start(self.tokenizer, c) for c in (constraints or [None] * len(prompt_ids))]
         return _sample_loop(self, prompt_ids, temperature, top_p, max_new_tokens, greedy, generator, stop, record, rows)
+
+
+def _stale_tmp_dirs(path: Path) -> list[Path]:
+    """``.tmp-<name>-<pid>`` siblings of ``path`` left by a process that died mid-save (its pid is not running); a
+    live process's are kept (another process may be filling the same cache entry)."""
+    stale = []
+    for tmp in path.parent.glob(f".tmp-{path.name}-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            stale.append(tmp)
+        except PermissionError:  # alive, another user's
+            pass
+    return stale
 
 
 # ============================================================================== sampling loop
