@@ -151,28 +151,15 @@ def child(trace: str, argv: list[str]) -> int:
 def build_model(path: Path) -> Path:
     """The tests' micro model: BPE tokenizer (1024) on 8 household episodes, 1-layer hidden-32 Qwen2 (seed 0)."""
     import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from empg.policy import Policy
+    from empg.policy.tiny import build_tiny_model
     from empg.policy.tokenizer import train_tokenizer
     from empg.rollout.corpus import env_corpus
 
     torch.set_num_threads(1)
     tok = train_tokenizer(env_corpus(("household-v0",), episodes=8), vocab_size=1024)
-    config = Qwen2Config(
-        vocab_size=len(tok),
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        intermediate_size=64,
-        max_position_embeddings=4096,
-        tie_word_embeddings=True,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
-    torch.manual_seed(0)
-    Policy(Qwen2ForCausalLM(config).eval(), tok, "micro").save(path)
+    Policy(build_tiny_model("micro", tok, seed=0), tok, "micro").save(path)
     return path
 
 

@@ -33,24 +33,10 @@ def corpus_texts():
 
 def _micro_policy(tokenizer):
     """A 1-layer, hidden-32 Qwen2 (weights from seed 0) sized for ``tokenizer``; far cheaper per token than tiny-1m."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
     from empg.policy import Policy
+    from empg.policy.tiny import build_tiny_model
 
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        intermediate_size=64,
-        max_position_embeddings=4096,
-        tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    torch.manual_seed(0)
-    return Policy(Qwen2ForCausalLM(config).eval(), tokenizer, "micro")
+    return Policy(build_tiny_model("micro", tokenizer, seed=0), tokenizer, "micro")
 
 
 @pytest.fixture(scope="session")

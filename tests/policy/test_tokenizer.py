@@ -60,7 +60,12 @@ def _count(h, layers, heads, kv, inter, vocab=2048):
 def test_preset_sizes():
     # tiny-1m: 2048*128 + 4*(16512 + 2*8256 + 16384 + 147456 + 256) + 128 = 262144 + 4*197120 + 128 = 1050752
     assert _count(128, 4, 4, 2, 384) == 1_050_752
-    expected = {"tiny-1m": 1_050_752, "tiny-5m": _count(256, 6, 4, 2, 768), "tiny-25m": _count(512, 8, 8, 4, 1536)}
+    expected = {
+        "tiny-1m": 1_050_752,
+        "tiny-5m": _count(256, 6, 4, 2, 768),
+        "tiny-25m": _count(512, 8, 8, 4, 1536),
+        "micro": _count(32, 1, 2, 1, 64),
+    }
     for name in PRESETS:
         with torch.device("meta"):
             n = sum(p.numel() for p in Qwen2ForCausalLM(tiny_config(name, _FakeTok())).parameters())

@@ -23,6 +23,9 @@ PRESETS: dict[str, dict[str, int]] = {
                     intermediate_size=768),
     "tiny-25m": dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4,
                      intermediate_size=1536),
+    # not a model spec: the tests' and the chaos benchmark's 1-layer model, far cheaper per token than tiny-1m
+    "micro": dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                  intermediate_size=64),
 }  # fmt: skip
 
 
