@@ -104,7 +104,7 @@ def test_vllm_greedy_matches_hf_and_follows_weight_sync(tmp_path):
         engine.close()
 
 
-def test_trainer_with_vllm_rollouts_syncs_weights_after_every_update(tmp_path, monkeypatch):
+def test_trainer_with_vllm_rollouts_syncs_weights_after_every_update(tmp_path, monkeypatch, fast):
     from empg.eval.runlog import read_metrics
     from empg.policy import vllm as vllm_backend
     from empg.train import rl
@@ -119,25 +119,13 @@ def test_trainer_with_vllm_rollouts_syncs_weights_after_every_update(tmp_path, m
         return engines[-1]
 
     monkeypatch.setattr(vllm_backend, "make_policy", spy)
-    overrides = [
-        f"run_dir={tmp_path / 'run'}",
-        "model.spec=tiny-1m",
+    overrides = fast(
+        tmp_path / "run",
+        "tiny-1m",
         f"model.cache_dir={tmp_path / 'cache'}",
         "model.device=cuda",
         "model.backend=vllm",
-        "iterations=2",
-        "env.max_turns=3",
-        "rollout.n_tasks=2",
-        "rollout.group_size=2",
-        "rollout.max_new_tokens=16",
-        "optim.lr=1e-3",
-        "eval.every=2",
-        "eval.episodes=2",
-        "eval.splits=[eval_out]",
-        "eval.at_start=false",
-        "log.progress=false",
-        "log.plots=false",
-    ]
+    )
     rl.train(load_config(None, overrides))
     rows = read_metrics(tmp_path / "run")
     assert [r["iteration"] for r in rows] == [1, 2] and "eval_out/success" in rows[-1]
