@@ -164,7 +164,7 @@ class VLLMPolicy:
         self.version = 0  # number of weight syncs
 
     # ------------------------------------------------------------------ the Policy interface
-    def __getattr__(self, name: str) -> Any:  # model, tokenizer, name, chat_prompt_ids, score, save, ...
+    def __getattr__(self, name: str) -> Any:  # model, tokenizer, name, chat_prompt_ids, save, ...
         if name in ("policy", "llm"):
             raise AttributeError(name)
         return getattr(self.policy, name)
