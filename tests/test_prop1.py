@@ -12,7 +12,7 @@ import torch
 
 from empg.algos.entropy import token_renyi2
 from empg.cli import main
-from empg.experiments.prop1 import StepValues, correlations, score_norms, step_means
+from empg.study.prop1 import StepValues, correlations, score_norms, step_means
 
 
 def _logits(rows: int = 16, vocab: int = 11, scale: float = 3.0, seed: int = 0) -> torch.Tensor:

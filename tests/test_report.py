@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from empg.cli import main
-from empg.experiments.report import bootstrap_diff, count_env_steps, final_eval, make_report, t_interval
+from empg.study.report import bootstrap_diff, count_env_steps, final_eval, make_report, t_interval
 
 T2 = 4.302652729749462  # scipy.stats.t.ppf(0.975, 2)
 CONFIG = {

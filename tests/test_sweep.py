@@ -17,7 +17,7 @@ import yaml
 from safetensors.torch import load_file
 
 from empg.cli import main
-from empg.experiments.sweep import DONE_MARKER, GridError, _axis_labels, load_grid, make_plan, threads_per_run
+from empg.study.sweep import DONE_MARKER, GridError, _axis_labels, load_grid, make_plan, threads_per_run
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "experiments" / "example.yaml"
 

@@ -173,7 +173,7 @@ def _inspect_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _experiment_parsers(sub: argparse._SubParsersAction) -> None:
-    """``sweep``, ``report`` and ``prop1`` (code in :mod:`empg.experiments`)."""
+    """``sweep``, ``report`` and ``prop1`` (code in :mod:`empg.study`)."""
     raw = argparse.RawDescriptionHelpFormatter
     text = "Run a grid of trainings (methods x axes x seeds) as separate processes; resumable."
     p = sub.add_parser("sweep", help=text, description=text, epilog=_doc("sweep"), formatter_class=raw)
@@ -217,10 +217,10 @@ def _positive(text: str) -> int:
 
 
 def _doc(module: str) -> str:
-    """The module docstring of ``empg.experiments.<module>`` (the --help epilog)."""
+    """The module docstring of ``empg.study.<module>`` (the --help epilog)."""
     import importlib
 
-    return importlib.import_module(f"empg.experiments.{module}").__doc__ or ""
+    return importlib.import_module(f"empg.study.{module}").__doc__ or ""
 
 
 def _cmd_train(args: argparse.Namespace, console: Console) -> int:
@@ -327,13 +327,13 @@ def _cmd_envs(args: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace, console: Console) -> int:
-    from empg.experiments.sweep import run_sweep
+    from empg.study.sweep import run_sweep
 
     return run_sweep(args.grid, out=args.out, parallel=args.parallel, dry_run=args.dry_run, console=console)
 
 
 def _cmd_report(args: argparse.Namespace, console: Console) -> int:
-    from empg.experiments.report import make_report
+    from empg.study.report import make_report
 
     for path in make_report(args.sweep_dir, args.out):
         console.print(f"wrote {path}")
@@ -341,7 +341,7 @@ def _cmd_report(args: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_prop1(args: argparse.Namespace, console: Console) -> int:
-    from empg.experiments.prop1 import render_summary, run_prop1
+    from empg.study.prop1 import render_summary, run_prop1
 
     result, paths = run_prop1(
         args.run_dir, episodes=args.episodes, out=args.out, split=args.split, checkpoint=args.checkpoint, seed=args.seed
