@@ -163,21 +163,20 @@ def build_model(path: Path) -> Path:
     return path
 
 
+SMOKE = Path(__file__).resolve().parent.parent / "configs" / "household-smoke.yaml"
+
+
 def overrides(run_dir: Path, model_dir: Path, args: argparse.Namespace) -> list[str]:
-    """The tests' fast run (2 tasks x group 2, 3 turns, 16 new tokens, eval every 2 on 2 episodes) with a short SFT,
-    EMPG and a KL reference, a checkpoint every iteration, plain progress lines."""
+    """configs/household-smoke.yaml (the tests' fast run: 2 tasks x group 2, 3 turns, 16 new tokens, eval every 2 on
+    2 episodes) with a short SFT, EMPG and a KL reference, a checkpoint every iteration, plain progress lines."""
+    from empg.train.config import preset_overrides
+
     return [
+        *preset_overrides(SMOKE),
         f"run_dir={run_dir}",
         f"model.spec={model_dir}",
         "model.device=cpu",
         f"iterations={args.iterations}",
-        "env.id=household-v0",
-        "env.max_turns=3",
-        "rollout.history=1",
-        "env.train_pool=50",
-        "rollout.n_tasks=2",
-        "rollout.group_size=2",
-        "rollout.max_new_tokens=16",
         "sft.enabled=true",
         f"sft.steps={args.sft_steps}",
         "sft.episodes=4",
@@ -186,16 +185,8 @@ def overrides(run_dir: Path, model_dir: Path, args: argparse.Namespace) -> list[
         f"sft.checkpoint_every={args.sft_checkpoint_every}",
         "algo.empg=true",
         "algo.kl_coef=0.01",
-        "algo.max_resample_rounds=1",
-        "optim.lr=1e-3",
-        "optim.micro_batch_size=4",
-        "eval.every=2",
-        "eval.episodes=2",
-        "eval.splits=[eval_out]",
-        "eval.at_start=false",
         "log.progress=true",
         "log.every=1",
-        "log.plots=false",
         "log.checkpoint_every=1",
         "log.keep_checkpoints=2",
     ]

@@ -1,10 +1,13 @@
 """Shared fixtures: a tiny policy with a tokenizer trained on a handful of prompt/response texts."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from empg.policy import Policy
 from empg.rollout.prompts import build_messages, expert_response
+from empg.train.config import preset_overrides
 
 CORPUS = [
     build_messages(
@@ -72,28 +75,16 @@ def fast():
     return _fast
 
 
+SMOKE = Path(__file__).resolve().parent.parent / "configs" / "household-smoke.yaml"
+
+
 def _fast(run_dir, model_dir, *extra: str) -> list[str]:
-    """2 tasks x group 2, 3 turns, 16 new tokens, eval on 2 eval_out episodes: an iteration in about a second."""
+    """configs/household-smoke.yaml (2 tasks x group 2, 3 turns, 16 new tokens, eval on 2 eval_out episodes: an
+    iteration in about a second) as overrides, on ``model_dir``, in ``run_dir``, without progress bars."""
     return [
+        *preset_overrides(SMOKE),
         f"run_dir={run_dir}",
         f"model.spec={model_dir}",
-        "iterations=2",
-        "env.id=household-v0",
-        "env.max_turns=3",
-        "rollout.history=1",
-        "env.train_pool=50",
-        "rollout.n_tasks=2",
-        "rollout.group_size=2",
-        "rollout.max_new_tokens=16",
-        "sft.enabled=false",
-        "algo.max_resample_rounds=1",
-        "optim.lr=1e-3",
-        "optim.micro_batch_size=4",
-        "eval.every=2",
-        "eval.episodes=2",
-        "eval.splits=[eval_out]",
-        "eval.at_start=false",
         "log.progress=false",
-        "log.plots=false",
         *extra,
     ]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -746,6 +747,24 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if overrides:
         base = _merge(base, _parse_overrides(overrides), "the command-line overrides")
     return validate(OmegaConf.to_object(base))  # type: ignore[arg-type]
+
+
+def preset_overrides(path: str | Path) -> list[str]:
+    """The dotted ``key=value`` overrides that set exactly what the YAML preset ``path`` sets, so a preset can be
+    extended by another override list (``load_config(None, preset_overrides(p) + extra)``)."""
+    tree = OmegaConf.to_container(OmegaConf.load(path)) or {}
+    _check_keys(tree, str(path))
+
+    def flat(node: dict, prefix: str) -> list[str]:
+        return [
+            item
+            for key, value in node.items()
+            for item in (
+                flat(value, f"{prefix}{key}.") if isinstance(value, dict) else [f"{prefix}{key}={json.dumps(value)}"]
+            )
+        ]
+
+    return flat(tree, "")
 
 
 def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
