@@ -63,3 +63,8 @@ def test_mfu_flop_count_by_hand(tiny_model_dir):
     flops, pad = train_flops(policy, batch)
     assert flops == 3 * forward
     assert pad == pytest.approx(1 - 8 / 10)  # 8 real tokens in a computed 2 x 5 window
+
+
+def test_trl_benchmark_measures_our_side_without_trl(tiny_model_dir):
+    line = _run("bench_trl.py", "--model", str(tiny_model_dir), "--quick", "--skip-trl")
+    assert line.startswith("ratio TRL/empg s/it"), line
