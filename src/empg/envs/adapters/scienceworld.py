@@ -3,7 +3,8 @@
 Description:
     ScienceWorld is a Scala simulator of elementary-science experiments (boil water, grow plants, build circuits …)
     shipped on PyPI as ``scienceworld`` with its jar; Python talks to it through py4j. Each :class:`ScienceWorldEnv`
-    starts **one JVM** (about 1.5 s) and reuses it for every episode; :meth:`close` (or garbage collection) stops it.
+    starts **one JVM** and reuses it for every episode (no JVM start-up on each reset); :meth:`close` (or garbage
+    collection) stops it.
     **Needs Java 17 on ``PATH``** (``apt-get install openjdk-17-jre-headless``); a clear error says so when ``java``
     is missing.
 
@@ -35,10 +36,10 @@ Arguments:
     split: ``train`` | ``eval_in`` | ``eval_out``.
     task_types: ScienceWorld task names (or ids like ``"1-1"``) to draw from; default all 30.
     simplifications: ScienceWorld simplification string, e.g. ``"easy"`` or ``"openDoors,noElectricalAction"``.
-    expert: generate the gold path (about 1 s extra on the first reset of each variation; then cached) so
+    expert: generate the gold path (extra simulator work on the first reset of each variation; then cached) so
         :meth:`expert_action` works.
-    admissible_actions: put ScienceWorld's valid action-object combinations (hundreds, about 0.1 s per step) in
-        ``info["admissible_actions"]``; ``None`` otherwise.
+    admissible_actions: put ScienceWorld's valid action-object combinations (hundreds, enumerated by the simulator
+        at every step, so off unless asked for) in ``info["admissible_actions"]``; ``None`` otherwise.
 
 Version History:
     v0: first version (scienceworld 1.2.3).

@@ -4,9 +4,10 @@ Description:
     Three of TextWorld's ``tw-make`` challenges: ``coin_collector`` (walk a chain of rooms to a coin),
     ``treasure_hunter`` (find an object among distractors, possibly behind locked containers) and ``cooking`` (the
     First TextWorld Problems kitchen: read the cookbook, gather, cut and cook ingredients, prepare and eat the meal).
-    Games are generated and compiled on first use (1–7 s each) and cached on disk by (challenge, settings, seed) in
-    ``cache_dir`` (default ``$EMPG_CACHE/textworld`` or ``~/.cache/empg/textworld``), so later resets take
-    milliseconds. Needs the ``textworld`` package (``pip install 'empg[real-envs]'``).
+    Games are generated and compiled on first use (slow: TextWorld builds and compiles a whole game) and cached on
+    disk by (challenge, settings, seed) in ``cache_dir`` (default ``$EMPG_CACHE/textworld`` or
+    ``~/.cache/empg/textworld``), so later resets only load them (costs: README, "Real environments"). Needs the
+    ``textworld`` package (``pip install 'empg[real-envs]'``).
 
 Observation:
     After reset: the game's intro (objective and first room) without the ASCII-art banner. After a step: the game's
