@@ -104,7 +104,7 @@ def one_update(steps, trajs, info: DistInfo, sharding: str = "ddp") -> dict:
         fsdp.shard_for_training(run, info)
     batch = StepBatch.from_records(steps, pad_id=0)
     rl.score_phase(run, batch, 0)
-    adv, adv_metrics = global_step_advantages(cfg, batch, steps, trajs, 0, info)
+    adv, adv_metrics = global_step_advantages(cfg, advantage.step_table(cfg, batch, steps, trajs), 0, info)
     batch.advantages = advantage.to_tokens(adv, batch.response_mask)
     out = {}
     if sharding == "fsdp":  # rank 0 has 2 groups, rank 1 one: unequal micro-batch counts, padded to lock-step

@@ -61,23 +61,28 @@ def _golden_batch():
     return batch, steps, trajs
 
 
+def _advantages(cfg, batch, steps, trajs, it, **kw):
+    """The advantage phase on the step table of a (golden) batch, as the training loop calls it."""
+    return advantage.advantage_phase(cfg, advantage.step_table(cfg, batch, steps, trajs), it, **kw)
+
+
 def test_grpo_advantages_golden():
     batch, steps, trajs = _golden_batch()
     cfg = load_config(None, ["algo.empg=false"])
-    adv, m = advantage.advantage_phase(cfg, batch, steps, trajs, 0)
+    adv, m = _advantages(cfg, batch, steps, trajs, 0)
     # R = [10*1 - 0.1*0, 10*0 - 0.1*1] = [10, -0.1]; mean 4.95; unbiased std = 5.05*sqrt(2) = 7.1418
     # A = ±5.05 / (7.1418 + 1e-6) = ±0.707107, each step of a trajectory gets its trajectory's advantage
     assert adv.tolist() == pytest.approx([0.707107, 0.707107, -0.707107], abs=1e-6)
     assert m["adv/success_before"] == pytest.approx(0.707107, abs=1e-6)
     assert m["adv/failure_after"] == pytest.approx(-0.707107, abs=1e-6)
     dr = load_config(None, ["algo.empg=false", "algo.norm_by_std=false"])
-    assert advantage.advantage_phase(dr, batch, steps, trajs, 0)[0].tolist() == pytest.approx([5.05, 5.05, -5.05])
+    assert _advantages(dr, batch, steps, trajs, 0)[0].tolist() == pytest.approx([5.05, 5.05, -5.05])
 
 
 def test_empg_advantages_golden():
     batch, steps, trajs = _golden_batch()
     cfg = load_config(None, ["algo.empg=true"])
-    adv, m = advantage.advantage_phase(cfg, batch, steps, trajs, 0)
+    adv, m = _advantages(cfg, batch, steps, trajs, 0)
     # H = [0, 1, 0.5] → H̃ = [0, 1, 0.5]; exp(-H̃) = [1, 0.367879, 0.606531], mean 0.658137
     # g = [1.519441, 0.558971, 0.921588]; f only for step (0,0): exp(-H̃(0,1)) = exp(-1) = 0.367879
     # A_mod = [1.519441*0.707107 + 0.1*0.367879, 0.558971*0.707107, -0.921588*0.707107]
@@ -90,14 +95,14 @@ def test_empg_advantages_golden():
     assert m["adv/success_after"] == pytest.approx((0.826266 + 0.110323) / 2, abs=1e-5)
     # step_entropy="action" with no action tokens falls back to the mean: same result
     cfg_a = load_config(None, ["algo.empg=true", "algo.step_entropy=action"])
-    assert advantage.advantage_phase(cfg_a, batch, steps, trajs, 0)[0].tolist() == pytest.approx(adv.tolist(), abs=1e-6)
+    assert _advantages(cfg_a, batch, steps, trajs, 0)[0].tolist() == pytest.approx(adv.tolist(), abs=1e-6)
 
 
 def test_advantage_details_expose_the_per_step_terms_without_changing_them():
     batch, steps, trajs = _golden_batch()
     cfg = load_config(None, ["algo.empg=true"])
     details: dict = {}
-    adv, m = advantage.advantage_phase(cfg, batch, steps, trajs, 0, details=details)
+    adv, m = _advantages(cfg, batch, steps, trajs, 0, details=details)
     assert adv.tolist() == pytest.approx([0.826266, 0.110323, -0.936590], abs=1e-5)  # the golden values above
     assert details["final"].tolist() == adv.tolist()
     assert details["base"].tolist() == pytest.approx([0.707107, 0.707107, -0.707107], abs=1e-6)
@@ -105,16 +110,16 @@ def test_advantage_details_expose_the_per_step_terms_without_changing_them():
     assert details["g"].tolist() == pytest.approx([1.519441, 0.558971, 0.921588], abs=1e-5)
     assert details["f"].tolist() == pytest.approx([0.367879, 0.0, 0.0], abs=1e-5)  # 0 without a next step
     plain: dict = {}
-    advantage.advantage_phase(load_config(None, ["algo.empg=false"]), batch, steps, trajs, 0, details=plain)
+    _advantages(load_config(None, ["algo.empg=false"]), batch, steps, trajs, 0, details=plain)
     assert set(plain) == {"base", "final"}
 
 
 def test_invalid_step_penalty_hits_only_the_invalid_step():
     batch, steps, trajs = _golden_batch()
     steps[1].valid = False  # trajectory 0's second step (the successful trajectory)
-    plain = advantage.advantage_phase(load_config(None, ["algo.empg=false"]), batch, steps, trajs, 0)[0]
+    plain = _advantages(load_config(None, ["algo.empg=false"]), batch, steps, trajs, 0)[0]
     cfg = load_config(None, ["algo.empg=false", "algo.invalid_step_penalty=0.5"])
-    adv = advantage.advantage_phase(cfg, batch, steps, trajs, 0)[0]
+    adv = _advantages(cfg, batch, steps, trajs, 0)[0]
     # the returns come from the summaries (unchanged); only row 1 moves, by exactly -0.5
     assert (adv - plain).tolist() == pytest.approx([0.0, -0.5, 0.0])
 
@@ -124,7 +129,7 @@ def test_invalid_credit_false_caps_invalid_steps_at_zero():
     steps[1].valid = False  # an invalid step of the successful trajectory: no credit
     steps[2].valid = False  # an invalid step of the failed one: keeps its blame
     cfg = load_config(None, ["algo.empg=false", "algo.invalid_credit=false"])
-    adv = advantage.advantage_phase(cfg, batch, steps, trajs, 0)[0]
+    adv = _advantages(cfg, batch, steps, trajs, 0)[0]
     assert adv.tolist() == pytest.approx([0.707107, 0.0, -0.707107], abs=1e-6)
 
 
@@ -134,17 +139,17 @@ def test_gigpo_step_credit_golden():
     steps[0].state_key = steps[2].state_key = 5  # both first steps act on the group's initial state
     steps[1].state_key = 6
     cfg = load_config(None, ["algo.empg=false", "algo.gigpo_weight=1"])
-    adv, m = advantage.advantage_phase(cfg, batch, steps, trajs, 0)
+    adv, m = _advantages(cfg, batch, steps, trajs, 0)
     # step rewards: (0,0) 0, (0,1) 10 (last step of a success), (1,0) -0.1 (invalid, last step of a failure);
     # returns to go at gamma 0.95: 9.5, 10, -0.1. State 5: {9.5, -0.1}, mean 4.7, unbiased std 4.8*sqrt(2)
     # -> A_step = +-0.707107; state 6 is seen once -> 0. Added to the GRPO advantages [0.707107, 0.707107, -0.707107].
     assert adv.tolist() == pytest.approx([1.414214, 0.707107, -1.414214], abs=1e-5)
     assert m["gigpo/shared_state_frac"] == pytest.approx(2 / 3) and m["gigpo/informative_frac"] == pytest.approx(2 / 3)
     half = load_config(None, ["algo.empg=false", "algo.gigpo_weight=0.5"])
-    assert advantage.advantage_phase(half, batch, steps, trajs, 0)[0].tolist() == pytest.approx(
+    assert _advantages(half, batch, steps, trajs, 0)[0].tolist() == pytest.approx(
         [1.06066, 0.707107, -1.06066], abs=1e-5
     )
-    assert "gigpo/shared_state_frac" not in advantage.advantage_phase(load_config(None, []), batch, steps, trajs, 0)[1]
+    assert "gigpo/shared_state_frac" not in _advantages(load_config(None, []), batch, steps, trajs, 0)[1]
     for bad in ("algo.gigpo_gamma=1.5", "algo.gigpo_weight=-1"):
         with pytest.raises(ValueError, match=bad.split("=")[0]):
             load_config(None, [bad])
@@ -153,13 +158,11 @@ def test_gigpo_step_credit_golden():
 def test_negative_weight_scales_only_negative_advantages():
     batch, steps, trajs = _golden_batch()
     cfg = load_config(None, ["algo.empg=true", "algo.negative_weight=0.25"])
-    adv = advantage.advantage_phase(cfg, batch, steps, trajs, 0)[0]
+    adv = _advantages(cfg, batch, steps, trajs, 0)[0]
     # the EMPG golden values [0.826266, 0.110323, -0.936590] with the negative one times 0.25
     assert adv.tolist() == pytest.approx([0.826266, 0.110323, -0.234148], abs=1e-5)
     zero = load_config(None, ["algo.empg=false", "algo.negative_weight=0"])
-    assert advantage.advantage_phase(zero, batch, steps, trajs, 0)[0].tolist() == pytest.approx(
-        [0.707107, 0.707107, 0.0]
-    )
+    assert _advantages(zero, batch, steps, trajs, 0)[0].tolist() == pytest.approx([0.707107, 0.707107, 0.0])
     with pytest.raises(ValueError, match="algo.negative_weight"):
         load_config(None, ["algo.negative_weight=1.5"])
 

@@ -8,8 +8,8 @@ train ...``) starts N processes with ``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/``M
    shard :func:`shard_range` of the groups; :func:`renumber_shard` gives its groups and trajectories ids that are
    unique over all ranks (group ``g`` keeps its global index, trajectory ``g * group_size + k``).
 2. **Scoring** — each rank scores its own step rows (behaviour log-probs and token entropies).
-3. **Advantages on the full batch** — :func:`global_step_advantages` gathers the step entropies, ids and trajectory
-   summaries of all ranks, runs the trainer's own :func:`empg.train.advantage.advantage_phase` on the whole batch
+3. **Advantages on the full batch** — :func:`global_step_advantages` gathers the step tables (ids, outcomes, step
+   entropies) of all ranks, runs the trainer's own :func:`empg.train.advantage.advantage_phase` on the whole batch
    (GRPO group statistics and EMPG's min-max, mean of g and final mean are batch-global), and keeps this rank's rows.
 4. **Update** — :func:`ddp_update_phase` runs :func:`empg.train.rl.update_phase` itself with this process group's
    :func:`reducer`, whose all-reduces make N processes compute exactly the single-process step: the loss denominator
@@ -38,6 +38,7 @@ import torch
 import torch.distributed as dist
 
 from empg.train import advantage
+from empg.train.advantage import StepTable
 
 
 @dataclass(frozen=True)
@@ -195,26 +196,13 @@ def renumber_shard(steps: list, trajs: list, group_offset: int, group_size: int)
 
 
 # ----------------------------------------------------------------------------- 3. advantages on the full batch
-@dataclass
-class _StepView:
-    """The whole batch seen one step per row: step entropy as a single "token" (what ``advantage_phase`` reads)."""
-
-    traj_id: torch.Tensor
-    step_idx: torch.Tensor
-    token_entropy: torch.Tensor  # (S, 1) = step entropy H
-    response_mask: torch.Tensor  # (S, 1) ones
-    action_mask: torch.Tensor  # (S, 1) ones
-    token_renyi2: torch.Tensor  # (S, 1) = H (already the Rényi-2 step value in that mode)
-
-
-def global_step_advantages(cfg: Any, batch: Any, steps: list, trajs: list, it: int, info: DistInfo) -> tuple:
-    """Per-step advantages (S_local,) of this rank's rows, computed by :func:`empg.train.advantage.advantage_phase`
-    on all ranks' steps.
+def global_step_advantages(cfg: Any, table: StepTable, it: int, info: DistInfo) -> tuple:
+    """Per-step advantages (S_local,) of this rank's steps, computed by :func:`empg.train.advantage.advantage_phase`
+    on all ranks' :class:`~empg.train.advantage.StepTable`s joined in rank order.
 
     Args:
         cfg: the :class:`~empg.train.config.TrainConfig`.
-        batch: this rank's scored ``StepBatch`` (row i ↔ ``steps[i]``).
-        steps, trajs: this rank's step records and trajectory summaries, ids unique over ranks
+        table: this rank's step table (:func:`empg.train.advantage.step_table`), ids unique over ranks
             (:func:`renumber_shard`).
         it: iteration (for error messages).
         info: process group info.
@@ -223,30 +211,15 @@ def global_step_advantages(cfg: Any, batch: Any, steps: list, trajs: list, it: i
         (advantages (S_local,), metrics of the global batch).
     """
     if not info.enabled:
-        return advantage.advantage_phase(cfg, batch, steps, trajs, it)
-    h_local = advantage.step_entropies(cfg, batch).float() if cfg.algo.empg and steps else torch.zeros(len(steps))
-    h = gather_cat(h_local, info)
-    traj_id = gather_cat(torch.tensor([s.traj_id for s in steps], dtype=torch.long), info)
-    step_idx = gather_cat(torch.tensor([s.step_idx for s in steps], dtype=torch.long), info)
-    ids = [_StepId(s.traj_id, s.valid, s.is_last, s.state_key) for s in steps]
-    all_steps = [s for part in gather_objects(ids, info) for s in part]
-    all_trajs = [t for part in gather_objects(list(trajs), info) for t in part]
-    if len({t.traj_id for t in all_trajs}) != len(all_trajs):
+        return advantage.advantage_phase(cfg, table, it)
+    parts = gather_objects(table, info)
+    whole = StepTable.cat(parts)
+    pairs = set(zip(whole.traj_id.tolist(), whole.traj.tolist(), strict=True))
+    if len(pairs) != len(set(whole.traj_id.tolist())):
         raise ValueError("trajectory ids collide across ranks; renumber each rank's rollout with renumber_shard()")
-    ones = torch.ones(h.shape[0], 1)
-    view = _StepView(traj_id, step_idx, h.unsqueeze(1), ones, ones, h.unsqueeze(1))
-    final, metrics = advantage.advantage_phase(cfg, view, all_steps, all_trajs, it)
-    counts = gather_objects(len(steps), info)
-    start = sum(counts[: info.rank])
-    return final[start : start + len(steps)], metrics
-
-
-@dataclass(frozen=True)
-class _StepId:
-    traj_id: int
-    valid: bool  # for the invalid-step terms of the advantages
-    is_last: bool  # for GiGPO's step rewards (algo.gigpo_weight)
-    state_key: int  # for GiGPO's anchor states
+    final, metrics = advantage.advantage_phase(cfg, whole, it)
+    start = sum(len(p) for p in parts[: info.rank])
+    return final[start : start + len(table)], metrics
 
 
 # ----------------------------------------------------------------------------- 4. update
@@ -431,7 +404,8 @@ def train_distributed(cfg: Any, *, resume: bool = False, console: Any = None, in
             if ref_logp is None and run.ref_model is not None:
                 ref_logp = torch.zeros_like(batch.response_mask)
             metrics["time/scoring"] = time.perf_counter() - t0
-            adv, adv_metrics = global_step_advantages(cfg, batch, steps, trajs, it, info)
+            table = advantage.step_table(cfg, batch, steps, trajs)
+            adv, adv_metrics = global_step_advantages(cfg, table, it, info)
             metrics.update(adv_metrics)
             if steps:
                 batch.advantages = advantage.to_tokens(adv, batch.response_mask)

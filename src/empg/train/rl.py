@@ -52,7 +52,7 @@ import torch
 from empg.eval.evaluate import EvalReport, eval_sampling_seed, evaluate_with_config, save_report
 from empg.eval.runlog import METRICS, STEP_ENTROPY, TRAJECTORIES
 from empg.train import checkpoint as ckpt
-from empg.train.advantage import advantage_phase, episode_returns, to_tokens
+from empg.train.advantage import StepTable, advantage_phase, episode_returns, step_table, to_tokens
 from empg.train.backends import rollout_backends, rollout_settings, sync_rollout_weights
 from empg.train.config import TrainConfig, to_yaml
 from empg.train.forward import response_logits, response_logprobs
@@ -131,13 +131,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, console: Any = None) -> lis
             if steps:
                 batch = pack_steps(run.policy, steps)
                 ref_logp = score_phase(run, batch, it)
-                metrics.update(entropy_metrics(batch, steps, trajs, run.run_dir, it + 1))
+                table = step_table(cfg, batch, steps, trajs)  # per-step ids, outcomes and entropy H, computed once
+                metrics.update(entropy_metrics(batch, table, run.run_dir, it + 1))
             metrics["time/scoring"] = time.perf_counter() - t0
 
             # ----------------------------------------------------------------- 3. advantages: base (GRPO) → EMPG
             if batch is not None:
                 credit: dict = {}  # per-step base / g / f / final advantages, for the episode log
-                step_adv, adv_metrics = advantage_phase(cfg, batch, steps, trajs, it, details=credit)
+                step_adv, adv_metrics = advantage_phase(cfg, table, it, details=credit)
                 metrics.update(adv_metrics)
                 batch.advantages = to_tokens(step_adv, batch.response_mask)
                 log_trajectories(run, batch, steps, trajs, credit, it + 1)  # run_dir/trajectories.jsonl
@@ -671,18 +672,17 @@ def _sft_eval_metrics(run: Run) -> dict[str, float] | None:
 
 
 # ============================================================================= diagnostics and logging
-def entropy_metrics(batch: Any, steps: list, trajs: list, run_dir: Path, iteration: int) -> dict[str, float]:
-    """Token entropy (all / thought / action tokens) and step entropy by outcome; appends ``step_entropy.jsonl``."""
+def entropy_metrics(batch: Any, table: StepTable, run_dir: Path, iteration: int) -> dict[str, float]:
+    """Token entropy (all / thought / action tokens) and the step entropy H the advantages use, by outcome; appends
+    ``step_entropy.jsonl``."""
     import json
 
     mask = batch.response_mask
     ent = batch.token_entropy
     action = batch.action_mask * mask
     thought = mask * (1 - batch.action_mask)
-    count = mask.sum(-1).clamp_min(1)
-    h_step = torch.where(mask != 0, ent, torch.zeros_like(ent)).sum(-1) / count
-    won = {t.traj_id: t.success for t in trajs}
-    success = torch.tensor([won[s.traj_id] for s in steps], dtype=torch.bool)
+    h_step = table.entropy
+    success = table.success[table.traj]
     out = {
         "entropy/token_mean": masked_mean(ent, mask),
         "entropy/thought_token": masked_mean(ent, thought),
