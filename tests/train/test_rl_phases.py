@@ -66,6 +66,25 @@ def _advantages(cfg, batch, steps, trajs, it, **kw):
     return advantage.advantage_phase(cfg, advantage.step_table(cfg, batch, steps, trajs), it, **kw)
 
 
+def test_step_table_golden_and_cat_of_shards_equals_the_whole():
+    batch, steps, trajs = _golden_batch()
+    cfg = load_config(None, ["algo.empg=true"])
+    table = advantage.step_table(cfg, batch, steps, trajs)
+    assert table.entropy.tolist() == pytest.approx([0.0, 1.0, 0.5])  # H = mean over response tokens (docstring)
+    assert table.traj.tolist() == [0, 0, 1] and table.is_last.tolist() == [False, True, True]
+    assert table.returns.tolist() == pytest.approx([10.0, -0.1]) and table.success.tolist() == [True, False]
+    # two shards (trajectory 0 | trajectory 1) joined: the trajectory index of shard 2 is offset by shard 1's T
+    first = advantage.step_table(
+        cfg, SimpleNamespace(**{k: v[:2] for k, v in vars(batch).items()}), steps[:2], trajs[:1]
+    )
+    second = advantage.step_table(
+        cfg, SimpleNamespace(**{k: v[2:] for k, v in vars(batch).items()}), steps[2:], trajs[1:]
+    )
+    joined = advantage.StepTable.cat([first, second])
+    for name in vars(table):
+        torch.testing.assert_close(getattr(joined, name), getattr(table, name))
+
+
 def test_grpo_advantages_golden():
     batch, steps, trajs = _golden_batch()
     cfg = load_config(None, ["algo.empg=false"])
