@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from empg.cli import main
 from empg.study.sweep import DONE_MARKER, GridError, _axis_labels, load_grid, make_plan, threads_per_run
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "experiments" / "example.yaml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "experiments" / "example.yaml"
 
 
 @pytest.fixture(scope="module")
