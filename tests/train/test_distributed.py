@@ -20,8 +20,6 @@ from empg.train.distributed import (
     gather_cat,
     global_step_advantages,
     init_distributed,
-    renumber_shard,
-    shard_range,
     train_distributed,
 )
 
@@ -90,7 +88,7 @@ def rollout(group_offset: int, n_groups: int) -> tuple[list, list]:
                     )
                 )
             trajs.append(TrajectorySummary(g_local, traj, "fake-v0", g, "x", n_steps, float(won), won, 0, False))
-    return renumber_shard(steps, trajs, group_offset, GROUP_SIZE)
+    return rl.renumber_groups(steps, trajs, group_offset, GROUP_SIZE)
 
 
 def one_update(steps, trajs, info: DistInfo, sharding: str = "ddp") -> dict:
@@ -155,7 +153,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str, overrides: list[str]
     info = init_distributed("gloo")
     try:
         # A. one update on a fixed batch, sharded by groups
-        lo, hi = shard_range(N_GROUPS, info)
+        lo, hi = rl.Reducer(rank=info.rank, world_size=info.world_size).shard(N_GROUPS)
         steps, trajs = rollout(lo, hi - lo)
         result = one_update(steps, trajs, info, sharding)
         result["gathered"] = gather_cat(torch.arange(hi - lo) + 10 * rank, info)
@@ -174,15 +172,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_shard_range_covers_everything_once():
+def test_reducer_shard_covers_everything_once():
     for n in range(0, 9):
         for world in (1, 2, 3, 4):
-            parts = [shard_range(n, DistInfo(r, world)) for r in range(world)]
+            parts = [rl.Reducer(rank=r, world_size=world).shard(n) for r in range(world)]
             assert [i for lo, hi in parts for i in range(lo, hi)] == list(range(n))
             assert max(hi - lo for lo, hi in parts) - min(hi - lo for lo, hi in parts) <= 1
 
 
-def test_renumber_shard_gives_global_ids():
+def test_renumber_groups_gives_global_ids():
     steps, trajs = rollout(2, 1)  # group 2 of the global batch, alone on a rank
     assert {t.group_id for t in trajs} == {2} and sorted(t.traj_id for t in trajs) == [4, 5]
     assert {s.traj_id for s in steps} == {4, 5}

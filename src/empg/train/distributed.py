@@ -4,9 +4,10 @@
 train ...``) starts N processes with ``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/``MASTER_PORT`` set;
 :func:`init_distributed` joins them (gloo on CPU, NCCL on CUDA). The pieces, in the order of one iteration:
 
-1. **Rollout sharding** — every rank draws the same task list (same seeded generator) and rolls out the contiguous
-   shard :func:`shard_range` of the groups; :func:`renumber_shard` gives its groups and trajectories ids that are
-   unique over all ranks (group ``g`` keeps its global index, trajectory ``g * group_size + k``).
+1. **Rollout sharding** — the trainer's own :func:`empg.train.rl.rollout_phase` with this group's :func:`reducer`:
+   every rank draws the same task list (same seeded generator) and rolls out its contiguous shard of the groups
+   (:meth:`empg.train.rl.Reducer.shard`); :func:`empg.train.rl.renumber_groups` gives its groups and trajectories ids
+   that are unique over all ranks (group ``g`` keeps its global index, trajectory ``g * group_size + k``).
 2. **Scoring** — each rank scores its own step rows (behaviour log-probs and token entropies).
 3. **Advantages on the full batch** — :func:`global_step_advantages` gathers the step tables (ids, outcomes, step
    entropies) of all ranks, runs the trainer's own :func:`empg.train.advantage.advantage_phase` on the whole batch
@@ -96,13 +97,6 @@ def barrier(info: DistInfo) -> None:
 
 
 # ----------------------------------------------------------------------------- collectives
-def shard_range(n: int, info: DistInfo) -> tuple[int, int]:
-    """Contiguous, balanced ``[start, stop)`` of ``n`` items for this rank (the first ``n % world`` get one more)."""
-    base, extra = divmod(n, info.world_size)
-    start = info.rank * base + min(info.rank, extra)
-    return start, start + base + (1 if info.rank < extra else 0)
-
-
 def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
     """``[obj of rank 0, obj of rank 1, ...]`` on every rank (pickled; keep it small)."""
     if not info.enabled:
@@ -181,20 +175,6 @@ def check_in_sync(model: torch.nn.Module, info: DistInfo, atol: float = 0.0) -> 
 
 
 # ----------------------------------------------------------------------------- 1. rollout sharding
-def renumber_shard(steps: list, trajs: list, group_offset: int, group_size: int) -> tuple[list, list]:
-    """Give a rank's rollout globally unique ids: group ``g`` → ``group_offset + g``, trajectory ``k`` of group ``g``
-    → ``(group_offset + g) * group_size + k`` (records are copied, not modified)."""
-    by_group: dict[int, int] = {}
-    tmap = {}
-    for t in sorted(trajs, key=lambda t: (t.group_id, t.traj_id)):
-        k = by_group.get(t.group_id, 0)
-        by_group[t.group_id] = k + 1
-        tmap[t.traj_id] = (group_offset + t.group_id) * group_size + k
-    new_trajs = [replace(t, traj_id=tmap[t.traj_id], group_id=group_offset + t.group_id) for t in trajs]
-    new_steps = [replace(s, traj_id=tmap[s.traj_id], group_id=group_offset + s.group_id) for s in steps]
-    return new_steps, new_trajs
-
-
 # ----------------------------------------------------------------------------- 3. advantages on the full batch
 def global_step_advantages(cfg: Any, table: StepTable, it: int, info: DistInfo) -> tuple:
     """Per-step advantages (S_local,) of this rank's steps, computed by :func:`empg.train.advantage.advantage_phase`
@@ -203,7 +183,7 @@ def global_step_advantages(cfg: Any, table: StepTable, it: int, info: DistInfo) 
     Args:
         cfg: the :class:`~empg.train.config.TrainConfig`.
         table: this rank's step table (:func:`empg.train.advantage.step_table`), ids unique over ranks
-            (:func:`renumber_shard`).
+            (:func:`empg.train.rl.renumber_groups`).
         it: iteration (for error messages).
         info: process group info.
 
@@ -216,7 +196,7 @@ def global_step_advantages(cfg: Any, table: StepTable, it: int, info: DistInfo) 
     whole = StepTable.cat(parts)
     pairs = set(zip(whole.traj_id.tolist(), whole.traj.tolist(), strict=True))
     if len(pairs) != len(set(whole.traj_id.tolist())):
-        raise ValueError("trajectory ids collide across ranks; renumber each rank's rollout with renumber_shard()")
+        raise ValueError("trajectory ids collide across ranks; renumber each rank's rollout with rl.renumber_groups()")
     final, metrics = advantage.advantage_phase(cfg, whole, it)
     start = sum(len(p) for p in parts[: info.rank])
     return final[start : start + len(table)], metrics
@@ -245,6 +225,9 @@ def reducer(info: DistInfo) -> Any:
         min=lambda value: all_reduce_min(value, info),
         max=lambda value: -all_reduce_min(-int(value), info),
         grads=lambda params: sync_gradients(params, info),
+        rank=info.rank,
+        world_size=info.world_size,
+        gather=lambda obj: gather_objects(obj, info),
     )
 
 
@@ -267,80 +250,6 @@ def empty_batch() -> Any:
 
 
 # ----------------------------------------------------------------------------- the distributed loop
-def sharded_rollout_phase(run: Any, it: int, info: DistInfo) -> tuple[list, list, dict[str, float]]:
-    """:func:`empg.train.rl.rollout_phase` with the task groups sharded over ranks (DAPO rounds decided globally).
-
-    Every rank draws the same task list; rank r rolls out its :func:`shard_range` of the groups with a rollout
-    generator of its own. With dynamic sampling, groups are filtered where they live (a group is never split), the
-    number of informative groups is summed over ranks to decide on another round, and the final cut to ``n_tasks``
-    groups keeps the lowest global group ids, as the single-process loop does.
-    """
-    from empg.algos import filter_groups
-    from empg.rollout import collect
-    from empg.train import rl
-    from empg.train.backends import rollout_settings
-
-    if not info.enabled:
-        return rl.rollout_phase(run, it)
-    cfg = run.cfg
-    task_gen = rl.generator_for(cfg.seed, it, "tasks")
-    roll_gen = rl.generator_for(cfg.seed + 104_729 * info.rank, it, "rollout")
-    dynamic = cfg.algo.effective_dynamic_sampling
-    rounds = 1 + (cfg.algo.max_resample_rounds if dynamic else 0)
-    kept_steps: list = []
-    kept_trajs: list = []
-    all_trajs: list = []
-    n_groups = n_rounds = n_tokens = 0
-    for _ in range(rounds):
-        n_rounds += 1
-        seeds = rl.sample_tasks(run.train_pool, cfg.rollout.n_tasks, task_gen)
-        lo, hi = shard_range(len(seeds), info)
-        result = collect(
-            run.policy,
-            cfg.env.id,
-            seeds[lo:hi],
-            group_size=cfg.rollout.group_size,
-            split="train",
-            env_kwargs=cfg.env.kwargs,
-            **rollout_settings(cfg, roll_gen),
-        )
-        n_tokens += sum(len(s.response_ids) for s in result.steps)
-        steps, trajs = renumber_shard(result.steps, result.trajectories, n_groups + lo, cfg.rollout.group_size)
-        n_groups += len(seeds)
-        all_trajs.extend(trajs)
-        trajs = [t for t in trajs if not t.failed]
-        if dynamic and trajs:
-            returns, group_id = advantage.episode_returns(cfg, trajs)
-            trajs = [t for t, k in zip(trajs, filter_groups(returns, group_id).tolist(), strict=True) if k]
-        keep = {t.traj_id for t in trajs}
-        kept_trajs.extend(trajs)
-        kept_steps.extend(s for s in steps if s.traj_id in keep)
-        n_kept = int(all_reduce_sum(len({t.group_id for t in kept_trajs}), info))
-        if not dynamic or n_kept >= cfg.rollout.n_tasks:
-            break
-    if dynamic:
-        groups = sorted(g for part in gather_objects(sorted({t.group_id for t in kept_trajs}), info) for g in part)
-        chosen = set(groups[: cfg.rollout.n_tasks])
-        kept_trajs = [t for t in kept_trajs if t.group_id in chosen]
-        keep = {t.traj_id for t in kept_trajs}
-        kept_steps = [s for s in kept_steps if s.traj_id in keep]
-    everyone = [t for part in gather_objects(all_trajs, info) for t in part]
-    done = [t for t in everyone if not t.failed]
-    n_steps = sum(t.length for t in done)
-    metrics = {
-        "train/success": sum(t.success for t in done) / max(1, len(done)),
-        "train/return": float(advantage.episode_returns(cfg, done)[0].mean()) if done else 0.0,
-        "train/ep_len": n_steps / max(1, len(done)),
-        "train/invalid_rate": sum(t.n_invalid for t in done) / max(1, n_steps),
-        "train/failed_episodes": float(len(everyone) - len(done)),
-        "train/n_steps": all_reduce_sum(len(kept_steps), info),
-        "dapo/rounds": float(n_rounds),
-        "dist/world_size": float(info.world_size),
-        "dist/tokens": all_reduce_sum(n_tokens, info),
-    }
-    return kept_steps, kept_trajs, metrics
-
-
 def _setup_worker_run(cfg: Any, info: DistInfo, resume: bool) -> Any:
     """Run state of a non-main rank: the main rank's base model or latest checkpoint, no files written."""
     from pathlib import Path
@@ -395,7 +304,7 @@ def train_distributed(cfg: Any, *, resume: bool = False, console: Any = None, in
         rl._log(run, 0, rl._sft_eval_metrics(run) or rl.evaluate_phase(run, 0))
     for it in range(run.start, cfg.iterations):
         t_start = time.perf_counter()
-        steps, trajs, metrics = sharded_rollout_phase(run, it, info)
+        steps, trajs, metrics = rl.rollout_phase(run, it, reducer(info))
         metrics["time/rollout"] = time.perf_counter() - t_start
         if metrics["train/n_steps"] > 0:  # the same decision on every rank (a global count)
             t0 = time.perf_counter()

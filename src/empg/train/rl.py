@@ -102,6 +102,37 @@ def generator_for(seed: int, iteration: int, phase: str) -> torch.Generator:
 
 
 # ============================================================================= the loop
+@dataclass(frozen=True)
+class Reducer:
+    """How :func:`rollout_phase` and :func:`update_phase` combine values over data-parallel processes; the defaults
+    are one process.
+
+    ``empg.train.distributed`` passes its rank and collectives here, which is all that separates its rollout (a
+    shard of the task groups, DAPO's rounds decided on global counts) and its update from this loop's.
+    """
+
+    sum: Callable[[float], float] = float  # Σ of a float over processes (loss denominators, loss metrics)
+    min: Callable[[int], int] = int  # min of an int over processes (so every process takes the same optimizer steps)
+    grads: Callable[[list[torch.nn.Parameter]], None] = lambda params: None  # Σ gradients over processes, in place
+    max: Callable[[int], int] = int  # max of an int over processes
+    # FSDP: every forward/backward is a collective, so every process runs as many micro-batches as the busiest one
+    # (padding with zero-loss passes); DDP's single gradient all-reduce per optimizer step does not need it
+    lockstep: bool = False
+    rank: int = 0
+    world_size: int = 1
+    gather: Callable[[Any], list] = lambda obj: [obj]  # [obj of rank 0, obj of rank 1, ...] on every process
+
+    def shard(self, n: int) -> tuple[int, int]:
+        """Contiguous, balanced ``[start, stop)`` of ``n`` items for this process (the first ``n % world`` get one
+        more)."""
+        base, extra = divmod(n, self.world_size)
+        start = self.rank * base + min(self.rank, extra)
+        return start, start + base + (1 if self.rank < extra else 0)
+
+
+LOCAL = Reducer()
+
+
 def train(cfg: TrainConfig, *, resume: bool = False, console: Any = None) -> list[dict]:
     """Run SFT (optional) then ``cfg.iterations`` RL iterations; return the metrics rows written by this call.
 
@@ -266,19 +297,24 @@ def sample_tasks(pool: list[int], n: int, generator: torch.Generator) -> list[in
     return [pool[i] for i in idx.tolist()]
 
 
-def rollout_phase(run: Run, it: int) -> tuple[list, list, dict[str, float]]:
+def rollout_phase(run: Run, it: int, reduce: Reducer = LOCAL) -> tuple[list, list, dict[str, float]]:
     """Roll out ``n_tasks`` groups; with dynamic sampling keep only informative groups and resample.
 
+    Over several processes (``reduce`` from :mod:`empg.train.distributed`) every process draws the same task list
+    and rolls out its :meth:`Reducer.shard` of the groups with a rollout generator of its own; groups are filtered
+    where they live (a group is never split), the kept groups are counted over processes to decide on another
+    round, and the final cut to ``n_tasks`` keeps the lowest global group ids. Metrics are those of all processes.
+
     Returns:
-        (steps, trajectories, metrics). Group and trajectory ids are renumbered to be unique across rounds.
-        ``steps`` is empty when dynamic sampling found no informative group.
+        (steps, trajectories, metrics) of this process. Group ``g`` of the iteration (over all rounds) has id ``g``,
+        its trajectories ``g * group_size + k``. ``steps`` is empty when dynamic sampling found no informative group.
     """
     from empg.algos import filter_groups
 
     cfg = run.cfg
     lost_calls = run.env_pool.lost_calls if run.env_pool is not None else 0
     task_gen = generator_for(cfg.seed, it, "tasks")
-    roll_gen = generator_for(cfg.seed, it, "rollout")
+    roll_gen = generator_for(cfg.seed + 104_729 * reduce.rank, it, "rollout")
     dynamic = cfg.algo.effective_dynamic_sampling
     rounds = 1 + (cfg.algo.max_resample_rounds if dynamic else 0)
     kept_steps: list = []
@@ -289,9 +325,10 @@ def rollout_phase(run: Run, it: int) -> tuple[list, list, dict[str, float]]:
     for _ in range(rounds):
         n_rounds += 1
         seeds = sample_tasks(run.train_pool, cfg.rollout.n_tasks, task_gen)
+        lo, hi = reduce.shard(len(seeds))
         t0 = time.perf_counter()
         try:
-            result = collect_round(run, seeds, roll_gen)
+            result = collect_round(run, seeds[lo:hi], roll_gen)
         except FloatingPointError as err:  # NaN/inf logits while sampling: stop before any update, naming both
             raise NonFiniteError(
                 f"iteration {it}: {err}; no optimizer step was applied. Fix: lower optim.lr, check the "
@@ -300,7 +337,7 @@ def rollout_phase(run: Run, it: int) -> tuple[list, list, dict[str, float]]:
         seconds += time.perf_counter() - t0
         n_tokens += sum(len(s.response_ids) for s in result.steps)
         n_free += int(result.stats.get("unconstrained_steps", 0))
-        steps, trajs = _renumber(result.steps, result.trajectories, n_groups, len(all_trajs))
+        steps, trajs = renumber_groups(result.steps, result.trajectories, n_groups + lo, cfg.rollout.group_size)
         n_groups += len(seeds)
         all_trajs.extend(trajs)
         trajs = [t for t in trajs if not t.failed]
@@ -311,36 +348,48 @@ def rollout_phase(run: Run, it: int) -> tuple[list, list, dict[str, float]]:
         keep_ids = {t.traj_id for t in trajs}
         kept_trajs.extend(trajs)
         kept_steps.extend(s for s in steps if s.traj_id in keep_ids)
-        n_kept = len({t.group_id for t in kept_trajs})
+        n_kept = int(reduce.sum(len({t.group_id for t in kept_trajs})))
         if not dynamic or n_kept >= cfg.rollout.n_tasks:
             break
     if dynamic:  # DAPO keeps exactly n_tasks informative groups when it has more
-        groups = sorted({t.group_id for t in kept_trajs})[: cfg.rollout.n_tasks]
-        kept_trajs = [t for t in kept_trajs if t.group_id in set(groups)]
+        groups = sorted(g for part in reduce.gather(sorted({t.group_id for t in kept_trajs})) for g in part)
+        chosen = set(groups[: cfg.rollout.n_tasks])
+        kept_trajs = [t for t in kept_trajs if t.group_id in chosen]
         keep_ids = {t.traj_id for t in kept_trajs}
         kept_steps = [s for s in kept_steps if s.traj_id in keep_ids]
+    metrics = rollout_metrics(cfg, _joined(reduce, all_trajs), _joined(reduce, kept_trajs))
+    metrics["train/n_steps"] = float(reduce.sum(len(kept_steps)))
+    metrics["dapo/rounds"] = float(n_rounds)
+    metrics["perf/tokens_per_s"] = reduce.sum(n_tokens) / max(seconds, 1e-9)
+    if reduce.world_size > 1:
+        metrics.update({"dist/world_size": float(reduce.world_size), "dist/tokens": float(reduce.sum(n_tokens))})
+    if cfg.rollout.constrain_actions:  # steps whose env listed no admissible action: decoded as free text
+        metrics["train/unconstrained_steps"] = float(reduce.sum(n_free))
+    if run.env_pool is not None:  # env calls that found their Ray worker dead or restarted (their episodes failed)
+        metrics["rollout/lost_env_calls"] = float(run.env_pool.lost_calls - lost_calls)
+    return kept_steps, kept_trajs, metrics
+
+
+def _joined(reduce: Reducer, items: list) -> list:
+    return items if reduce.world_size == 1 else [x for part in reduce.gather(items) for x in part]
+
+
+def rollout_metrics(cfg: TrainConfig, all_trajs: list, kept_trajs: list) -> dict[str, float]:
+    """Success, return, length, invalid rate and group counts of an iteration's trajectories (all processes)."""
     done = [t for t in all_trajs if not t.failed]
     n_steps = sum(t.length for t in done)
-    metrics = {
+    return {
         "train/success": sum(t.success for t in done) / max(1, len(done)),
-        "train/return": float(episode_returns(run.cfg, done)[0].mean()) if done else 0.0,
+        "train/return": float(episode_returns(cfg, done)[0].mean()) if done else 0.0,
         "train/ep_len": n_steps / max(1, len(done)),
         "train/invalid_rate": sum(t.n_invalid for t in done) / max(1, n_steps),
         "train/failed_episodes": float(len(all_trajs) - len(done)),
         "train/env_steps": float(sum(t.length for t in all_trajs)),
-        "train/n_steps": float(len(kept_steps)),
         "train/mixed_groups": float(mixed_groups(cfg, done)),
         "train/mixed_group_frac": mixed_groups(cfg, done) / max(1, len({t.group_id for t in done})),
         "train/kept_mixed_groups": float(mixed_groups(cfg, kept_trajs)),
         "dapo/kept_groups": float(len({t.group_id for t in kept_trajs})),
-        "dapo/rounds": float(n_rounds),
-        "perf/tokens_per_s": n_tokens / max(seconds, 1e-9),
     }
-    if cfg.rollout.constrain_actions:  # steps whose env listed no admissible action: decoded as free text
-        metrics["train/unconstrained_steps"] = float(n_free)
-    if run.env_pool is not None:  # env calls that found their Ray worker dead or restarted (their episodes failed)
-        metrics["rollout/lost_env_calls"] = float(run.env_pool.lost_calls - lost_calls)
-    return kept_steps, kept_trajs, metrics
 
 
 def mixed_groups(cfg: TrainConfig, trajs: list) -> int:
@@ -371,13 +420,19 @@ def collect_round(run: Run, seeds: list[int], generator: torch.Generator) -> Any
     return collect_with_envs(run.generating_policy, envs, env_seeds, group_ids=group_ids, env_id=cfg.env.id, **settings)
 
 
-def _renumber(steps: list, trajs: list, group_offset: int, traj_offset: int) -> tuple[list, list]:
-    """Shift group/trajectory ids of one rollout round so ids stay unique across rounds (records are copied)."""
+def renumber_groups(steps: list, trajs: list, group_offset: int, group_size: int) -> tuple[list, list]:
+    """Ids unique over rounds and processes: group ``g`` → ``group_offset + g``, trajectory ``k`` of group ``g`` →
+    ``(group_offset + g) * group_size + k`` (records are copied, not modified)."""
     from dataclasses import replace
 
-    tmap = {t.traj_id: traj_offset + i for i, t in enumerate(trajs)}
-    new_trajs = [replace(t, traj_id=tmap[t.traj_id], group_id=t.group_id + group_offset) for t in trajs]
-    new_steps = [replace(s, traj_id=tmap[s.traj_id], group_id=s.group_id + group_offset) for s in steps]
+    by_group: dict[int, int] = {}
+    tmap = {}
+    for t in sorted(trajs, key=lambda t: (t.group_id, t.traj_id)):
+        k = by_group.get(t.group_id, 0)
+        by_group[t.group_id] = k + 1
+        tmap[t.traj_id] = (group_offset + t.group_id) * group_size + k
+    new_trajs = [replace(t, traj_id=tmap[t.traj_id], group_id=group_offset + t.group_id) for t in trajs]
+    new_steps = [replace(s, traj_id=tmap[s.traj_id], group_id=group_offset + s.group_id) for s in steps]
     return new_steps, new_trajs
 
 
@@ -455,25 +510,6 @@ def token_renyi2_of(model: torch.nn.Module, batch: Any, cfg: TrainConfig) -> tor
 
 # ============================================================================= 4. update
 LOSS_KEYS = ("loss/pg", "loss/kl", "loss/entropy", "loss/total")
-
-
-@dataclass(frozen=True)
-class Reducer:
-    """How :func:`update_phase` combines values over data-parallel processes; the defaults are one process.
-
-    ``empg.train.distributed`` passes all-reduces here, which is all that separates its update from this one.
-    """
-
-    sum: Callable[[float], float] = float  # Σ of a float over processes (loss denominators, loss metrics)
-    min: Callable[[int], int] = int  # min of an int over processes (so every process takes the same optimizer steps)
-    grads: Callable[[list[torch.nn.Parameter]], None] = lambda params: None  # Σ gradients over processes, in place
-    max: Callable[[int], int] = int  # max of an int over processes
-    # FSDP: every forward/backward is a collective, so every process runs as many micro-batches as the busiest one
-    # (padding with zero-loss passes); DDP's single gradient all-reduce per optimizer step does not need it
-    lockstep: bool = False
-
-
-LOCAL = Reducer()
 
 
 def update_phase(run: Run, batch: Any, ref_logp: torch.Tensor | None, it: int, reduce: Reducer = LOCAL) -> dict:
