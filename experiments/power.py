@@ -86,7 +86,8 @@ def seeds_needed(delta: float, sd: float, target: float, cap: int = 200) -> int 
 
 def end_point_sd(runs: list[str], split: str) -> float:
     """S.d. of the success rate at the end of several runs from one seed (the optimisation-path spread)."""
-    rates = [last_eval(RESULTS / r, split, None).table["all"].rate for r in runs]
+    at = max(set.intersection(*(set(_iterations(RESULTS / r, split)) for r in runs)))  # the same iteration for all
+    rates = [last_eval(RESULTS / r, split, at).table["all"].rate for r in runs]
     return float(np.std(rates, ddof=1))
 
 
