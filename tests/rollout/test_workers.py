@@ -157,6 +157,51 @@ def test_killed_worker_is_survived(pool, local_transcripts):
     assert [t.failed for t in res2.trajectories] == [False] * 4 and [t.length for t in res2.trajectories] == [3] * 4
 
 
+def _pid_once_up(actor, timeout=180.0):
+    """The actor's process id, waiting while Ray restarts it (slow on a busy machine)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return ray.get(actor.pid.remote(), timeout=5)
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def test_hung_worker_is_killed_after_the_step_timeout_and_survived(local_ray, local_transcripts):
+    """A worker that stops answering (alive, stuck in a step) is treated as dead after ``step_timeout``: killed,
+    restarted by Ray, its episodes marked failed; the other worker's episodes finish and the run goes on."""
+    import time
+
+    from empg.rollout import collect_with_envs
+
+    seeds, local = local_transcripts
+    env_seeds = [seeds[0], seeds[0], seeds[1], seeds[1]]
+    timeout = 2.0
+    with RayEnvPool(ENV_ID, 4, n_workers=2, max_turns=MAX_TURNS, num_cpus_per_worker=0.5, step_timeout=timeout) as p:
+        pid = ray.get(p.workers[1].pid.remote())
+
+        def hang_at_turn_one(turn, n_live):
+            if turn == 1:
+                p.stall_worker(1, 600.0)  # its next call sleeps far past the timeout, like a stuck simulator
+
+        start = time.monotonic()
+        res = collect_with_envs(_LookPolicy(), p, env_seeds, max_turns=3, progress=hang_at_turn_one)
+        took = time.monotonic() - start
+        assert [t.failed for t in res.trajectories] == [False, True, False, True]
+        assert [t.length for t in res.trajectories] == [3, 1, 3, 1]
+        assert p.hung_calls == 1 and p.lost_calls == 2  # one call timed out; both envs of the batch were lost
+        assert timeout <= took < 60.0  # waited out the timeout once, not the 600 s stall
+        # the hung process was killed and replaced; every env plays full episodes again, as in-process
+        assert _pid_once_up(p.workers[1]) != pid
+        assert expert_transcripts(list(p), seeds) == local
+        res2 = collect_with_envs(_LookPolicy(), p, env_seeds, max_turns=3)
+        assert [t.failed for t in res2.trajectories] == [False] * 4 and p.hung_calls == 1
+
+
 def test_make_envs_in_process_and_bad_input(local_ray):
     envs = make_envs(ENV_ID, 3, env_workers=0, max_turns=5)
     assert len(envs) == 3 and envs[0].max_turns == 5
@@ -164,3 +209,5 @@ def test_make_envs_in_process_and_bad_input(local_ray):
         make_envs(ENV_ID, 3, env_workers=-1)
     with pytest.raises(ValueError, match="n_envs >= 1"):
         RayEnvPool(ENV_ID, 0, n_workers=1)
+    with pytest.raises(ValueError, match="step_timeout must be > 0"):
+        RayEnvPool(ENV_ID, 2, n_workers=1, step_timeout=0)

@@ -15,7 +15,7 @@ from empg.train.config import load_config
 ray = pytest.importorskip("ray", reason="needs the [ray] extra")
 
 VOLATILE = ("time/", "perf/")  # wall-clock metrics
-POOL_ONLY = ("rollout/lost_env_calls",)  # logged only when envs live in Ray workers
+POOL_ONLY = ("rollout/lost_env_calls", "rollout/hung_env_calls")  # logged only when envs live in Ray workers
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +90,41 @@ def test_a_dead_env_worker_fails_its_episodes_and_training_goes_on(
     assert second["train/failed_episodes"] == 0.0 and second["rollout/lost_env_calls"] == 0.0  # worker restarted
     assert second["train/n_steps"] == 4 * second["train/ep_len"]
     assert (tmp_path / "run" / "checkpoints" / "iter_0002").is_dir()
+
+
+def test_a_hung_env_worker_is_timed_out_and_training_goes_on(
+    tmp_path, tiny_model_dir, fast, local_ray, pools, monkeypatch
+):
+    import time
+
+    import empg.rollout
+
+    real = empg.rollout.collect_with_envs
+    rounds, took = [], []
+
+    def hang_worker_1_in_the_first_rollout(policy, envs, seeds, **kwargs):
+        rounds.append(len(envs))
+        if len(rounds) == 1:  # worker 1 (envs 1 and 3) stops answering after every env's first step
+            kwargs["progress"] = lambda turn, n_live: turn == 1 and envs[0]._pool.stall_worker(1, 600.0)
+        start = time.monotonic()
+        out = real(policy, envs, seeds, **kwargs)
+        took.append(time.monotonic() - start)
+        return out
+
+    monkeypatch.setattr(empg.rollout, "collect_with_envs", hang_worker_1_in_the_first_rollout)
+    overrides = fast(tmp_path / "run", tiny_model_dir, "rollout.env_workers=2", "rollout.env_step_timeout=3")
+    first, second = rl.train(load_config(None, overrides))
+    assert first["rollout/hung_env_calls"] == 1.0 and first["rollout/lost_env_calls"] == 2.0
+    assert first["train/failed_episodes"] == 2.0 and "loss/pg" in first  # the survivors were trained on
+    assert second["rollout/hung_env_calls"] == 0.0 and second["train/failed_episodes"] == 0.0
+    assert 3.0 <= took[0] < 120.0  # the hang cost the timeout once (plus the restart on the next reset)
+    (pool,) = pools
+    assert pool.step_timeout == 3.0
+
+
+def test_env_step_timeout_is_validated():
+    with pytest.raises(ValueError, match="rollout.env_step_timeout"):
+        load_config(None, ["rollout.env_step_timeout=-1"])
 
 
 def test_the_pool_is_shut_down_when_training_fails(tmp_path, tiny_model_dir, fast, local_ray, pools, monkeypatch):

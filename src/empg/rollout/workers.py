@@ -15,7 +15,10 @@ incarnation that reset it, so a call that was in flight when the worker died, or
 whose state was lost, raises :class:`EnvWorkerDied` (logged). ``collect_with_envs`` turns that exception into a
 trajectory with ``failed=True``, which the trainer excludes from the batch; the next ``reset`` of the same proxy
 works on the restarted worker, so the run goes on. Exceptions raised by the env itself (e.g. ``EpisodeOverError``)
-are re-raised as they are, as with an in-process env.
+are re-raised as they are, as with an in-process env. A worker that **hangs** (alive, but a call does not return
+within ``step_timeout`` seconds) is treated as dead: the pool kills its process, Ray restarts it, and the episodes it
+held fail in the same way (``hung_calls`` counts them). A hang therefore costs its iteration ``step_timeout`` plus
+one worker restart, and only the episodes of that worker.
 
 Ray pays off only when env steps are expensive (real simulators, web servers, Java engines): a step of the embedded
 envs takes microseconds, far less than one Ray round trip (see ``benchmarks/bench_workers.py``).
@@ -33,6 +36,7 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 _RETRY_SECONDS = 30.0  # how long a reset waits for a restarting worker
+_RESTART_GRACE = 180.0  # added to step_timeout for a reset, which may wait for a restart (slow on a busy machine)
 
 
 class EnvWorkerDied(RuntimeError):
@@ -59,6 +63,7 @@ class EnvWorker:
 
         self.token = uuid.uuid4().hex
         self.envs = [make(env_id, split, max_turns=max_turns, **env_kwargs) for _ in range(n_envs)]
+        self._stall = 0.0  # seconds the next call sleeps first (set by :meth:`stall`, for hang drills)
 
     def describe(self) -> dict:
         env = self.envs[0]
@@ -76,6 +81,9 @@ class EnvWorker:
 
     def call(self, items: list[tuple[int, str, tuple, dict]]) -> tuple[str, list[Any]]:
         """Run ``env[i].method(*args, **kwargs)`` for each item; exceptions are returned, not raised."""
+        if self._stall:
+            seconds, self._stall = self._stall, 0.0
+            time.sleep(seconds)
         out: list[Any] = []
         for i, method, args, kwargs in items:
             try:
@@ -83,6 +91,10 @@ class EnvWorker:
             except Exception as err:  # noqa: BLE001 - handed back to the proxy, which re-raises it
                 out.append(err)
         return self.token, out
+
+    def stall(self, seconds: float) -> None:
+        """Make the next :meth:`call` sleep ``seconds`` before it runs, as a hung env would (chaos drills)."""
+        self._stall = float(seconds)
 
     def close(self) -> None:
         for env in self.envs:
@@ -129,7 +141,7 @@ class RemoteEnv:
         while True:
             try:
                 token, result = self._pool._call(
-                    self._worker, [(self._local, "reset", (), {"seed": seed, **_opt(options)})]
+                    self._worker, [(self._local, "reset", (), {"seed": seed, **_opt(options)})], grace=True
                 )
             except EnvWorkerDied:
                 if time.monotonic() > deadline:
@@ -203,6 +215,8 @@ class RayEnvPool(Sequence):
         env_kwargs: extra env constructor arguments.
         num_cpus_per_worker: Ray CPU reservation of each actor (fractions allowed, e.g. 0.25 for cheap envs).
         max_restarts: Ray restarts per worker (-1 = unlimited).
+        step_timeout: seconds a call may take before its worker counts as hung, is killed and restarted (its
+            episodes fail); None waits forever. Set it well above the slowest honest step of the env.
 
     Ray must be initialised by the caller (``ray.init(...)``); otherwise ``ray`` starts a local instance.
     """
@@ -218,9 +232,13 @@ class RayEnvPool(Sequence):
         env_kwargs: dict | None = None,
         num_cpus_per_worker: float = 1.0,
         max_restarts: int = -1,
+        step_timeout: float | None = None,
     ):
         if n_envs < 1 or n_workers < 1:
             raise ValueError(f"need n_envs >= 1 and n_workers >= 1, got n_envs={n_envs}, n_workers={n_workers}")
+        if step_timeout is not None and step_timeout <= 0:
+            raise ValueError(f"step_timeout must be > 0 seconds (None = wait forever), got {step_timeout}")
+        self.step_timeout = step_timeout
         ray = _ray()
         n_workers = min(n_workers, n_envs)
         actor_cls = ray.remote(num_cpus=num_cpus_per_worker, max_restarts=max_restarts, max_task_retries=0)(EnvWorker)
@@ -230,7 +248,8 @@ class RayEnvPool(Sequence):
         ]
         meta = ray.get(self.workers[0].describe.remote())
         self.envs = [RemoteEnv(self, i % n_workers, i // n_workers, meta) for i in range(n_envs)]
-        self.lost_calls = 0  # env calls that found their worker dead or restarted (each logged)
+        self.lost_calls = 0  # env calls that found their worker dead, restarted or hung (each logged)
+        self.hung_calls = 0  # calls that timed out (step_timeout): their worker was killed and restarted
         self._queue: dict[int, list[tuple[_Pending, tuple]]] = {}  # submitted steps not sent yet, per worker
 
     # ------------------------------------------------------------------ sequence of envs
@@ -321,16 +340,28 @@ class RayEnvPool(Sequence):
             batch.result = self._wait(worker, batch.ref)
         return batch.result
 
-    def _wait(self, worker: int, ref: Any) -> tuple[str, list[Any]]:
+    def _wait(self, worker: int, ref: Any, *, grace: bool = False) -> tuple[str, list[Any]]:
+        """The result of call ``ref``; raises :class:`EnvWorkerDied` if the worker died or hung (then kills it).
+        ``grace``: the call may have to wait for the worker to restart first (reset), so it gets longer."""
         ray = _ray()
+        timeout = self.step_timeout
+        if timeout is not None and grace:
+            timeout += _RESTART_GRACE
         try:
-            return ray.get(ref)
+            return ray.get(ref, timeout=timeout)
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as err:
             self._lost(worker, type(err).__name__)
             raise EnvWorkerDied(f"env worker {worker} died ({type(err).__name__}); Ray restarts it") from err
+        except ray.exceptions.GetTimeoutError as err:
+            self.hung_calls += 1
+            self._lost(worker, f"no answer within {timeout} s")
+            ray.kill(self.workers[worker], no_restart=False)  # the other calls of this batch now fail at once
+            raise EnvWorkerDied(
+                f"env worker {worker} hung (no answer within {timeout} s): killed, Ray restarts it"
+            ) from err
 
-    def _call(self, worker: int, items: list) -> tuple[str, list[Any]]:
-        return self._wait(worker, self._submit(worker, items))
+    def _call(self, worker: int, items: list, *, grace: bool = False) -> tuple[str, list[Any]]:
+        return self._wait(worker, self._submit(worker, items), grace=grace)
 
     def _lost(self, worker: int, why: str) -> None:
         self.lost_calls += 1
@@ -359,6 +390,10 @@ class RayEnvPool(Sequence):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"env worker {worker} did not come back within {timeout} s")
             time.sleep(0.1)
+
+    def stall_worker(self, worker: int, seconds: float) -> None:
+        """Make one worker's next call hang for ``seconds`` (as a stuck env would): for tests and chaos drills."""
+        _ray().get(self.workers[worker].stall.remote(seconds))
 
     def close(self) -> None:
         """Close the envs and stop the workers (idempotent)."""

@@ -105,6 +105,7 @@ def make_env_pool(cfg: TrainConfig) -> Any:
         max_turns=cfg.env.max_turns,
         env_kwargs=cfg.env.kwargs,
         num_cpus_per_worker=min(1.0, round(cpus / n, 4)),
+        step_timeout=cfg.rollout.env_step_timeout or None,
     )
 
 

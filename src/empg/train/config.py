@@ -125,6 +125,12 @@ class RolloutConfig:
         "Training envs in this process (0) or in N Ray actors (N > 0; for envs whose steps are slow, see "
         "docs/scaling.md). A dead worker fails only its episodes, which are left out of the batch.",
     )
+    env_step_timeout: float = _f(
+        120.0,
+        "Seconds an env call in a Ray worker may take before the worker counts as hung: it is killed and restarted "
+        "and its episodes fail, as for a dead worker (0 = wait forever). A hang costs its iteration this long plus "
+        "one worker restart. Only with rollout.env_workers > 0.",
+    )
 
 
 @dataclass
@@ -530,6 +536,12 @@ def validate(cfg: TrainConfig, *, extras: bool = True) -> TrainConfig:
         "rollout.env_workers",
         f"must be >= 0, got {cfg.rollout.env_workers}",
         "use 0 for envs in this process or N > 0 for N Ray env workers",
+    )
+    _check(
+        cfg.rollout.env_step_timeout >= 0,
+        "rollout.env_step_timeout",
+        f"must be >= 0 seconds, got {cfg.rollout.env_step_timeout}",
+        "use e.g. rollout.env_step_timeout=120, or 0 to wait for env workers forever",
     )
     _check(
         cfg.rollout.top_p == 1.0 or cfg.iterations == 0,

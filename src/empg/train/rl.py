@@ -312,7 +312,7 @@ def rollout_phase(run: Run, it: int, reduce: Reducer = LOCAL) -> tuple[list, lis
     from empg.algos import filter_groups
 
     cfg = run.cfg
-    lost_calls = run.env_pool.lost_calls if run.env_pool is not None else 0
+    lost_calls, hung_calls = (run.env_pool.lost_calls, run.env_pool.hung_calls) if run.env_pool is not None else (0, 0)
     task_gen = generator_for(cfg.seed, it, "tasks")
     roll_gen = generator_for(cfg.seed + 104_729 * reduce.rank, it, "rollout")
     dynamic = cfg.algo.effective_dynamic_sampling
@@ -365,8 +365,9 @@ def rollout_phase(run: Run, it: int, reduce: Reducer = LOCAL) -> tuple[list, lis
         metrics.update({"dist/world_size": float(reduce.world_size), "dist/tokens": float(reduce.sum(n_tokens))})
     if cfg.rollout.constrain_actions:  # steps whose env listed no admissible action: decoded as free text
         metrics["train/unconstrained_steps"] = float(reduce.sum(n_free))
-    if run.env_pool is not None:  # env calls that found their Ray worker dead or restarted (their episodes failed)
+    if run.env_pool is not None:  # env calls that found their Ray worker dead, restarted or hung (episodes failed)
         metrics["rollout/lost_env_calls"] = float(run.env_pool.lost_calls - lost_calls)
+        metrics["rollout/hung_env_calls"] = float(run.env_pool.hung_calls - hung_calls)
     return kept_steps, kept_trajs, metrics
 
 
