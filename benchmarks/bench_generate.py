@@ -25,12 +25,14 @@ import time
 import torch
 
 from common import household_prompts, load_policy
-from empg.policy import Policy
+from empg.policy import Policy, SamplingParams
 
 
 def ours(policy: Policy, prompts: list[list[int]], new: int, seed: int = 0) -> int:
     gen = torch.Generator().manual_seed(seed)
-    out = policy.generate(prompts, temperature=1.0, max_new_tokens=new, generator=gen, record=True)
+    out = policy.generate(
+        prompts, sampling=SamplingParams(temperature=1.0, max_new_tokens=new), generator=gen, record=True
+    )
     return sum(len(g.response_ids) for g in out)
 
 

@@ -16,14 +16,15 @@ import time
 import torch
 
 from empg.envs import make, split_seeds
-from empg.policy import Policy
+from empg.policy import Policy, SamplingParams
 from empg.rollout import collect_with_envs
 from empg.rollout.corpus import env_corpus
 
 
 def run(policy: Policy, env_id: str, seeds: list[int], args: argparse.Namespace, batched: bool) -> dict[str, float]:
     gen = torch.Generator().manual_seed(0)
-    kw = dict(temperature=1.0, max_new_tokens=args.max_new_tokens, max_turns=args.max_turns, generator=gen)
+    sampling = SamplingParams(temperature=1.0, max_new_tokens=args.max_new_tokens)
+    kw = dict(sampling=sampling, max_turns=args.max_turns, generator=gen)
     envs = [make(env_id, "train", max_turns=args.max_turns) for _ in seeds]
     t0 = time.perf_counter()
     if batched:

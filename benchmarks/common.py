@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from empg.envs import make, split_seeds
-from empg.policy import Policy
+from empg.policy import Policy, SamplingParams
 from empg.rollout import StepRecord, collect_with_envs
 from empg.rollout.corpus import env_corpus
 from empg.train import warmstart
@@ -35,7 +35,13 @@ def household_steps(policy: Policy, n_envs: int, *, turns: int = 3, max_new_toke
     seeds = split_seeds("train", n_envs)
     gen = torch.Generator().manual_seed(0)
     res = collect_with_envs(
-        policy, envs, seeds, env_id=ENV_ID, max_new_tokens=max_new_tokens, max_turns=turns, generator=gen
+        policy,
+        envs,
+        seeds,
+        env_id=ENV_ID,
+        sampling=SamplingParams(max_new_tokens=max_new_tokens),
+        max_turns=turns,
+        generator=gen,
     )
     return res.steps
 

@@ -16,7 +16,7 @@ from collections import defaultdict
 import torch
 
 from empg.envs import split_seeds
-from empg.policy import Policy
+from empg.policy import Policy, SamplingParams
 from empg.rollout import collect
 from empg.train.config import load_config
 
@@ -52,8 +52,7 @@ def main() -> None:
         split_seeds("train", args.tasks),
         group_size=args.group,
         split="train",
-        temperature=cfg.rollout.temperature,
-        max_new_tokens=cfg.rollout.max_new_tokens,
+        sampling=SamplingParams(temperature=cfg.rollout.temperature, max_new_tokens=cfg.rollout.max_new_tokens),
         max_turns=cfg.env.max_turns,
         history=cfg.rollout.history,
         env_kwargs=cfg.env.kwargs,

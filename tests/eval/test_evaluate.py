@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from empg.eval.evaluate import evaluate_policy, render_report
+from empg.policy import SamplingParams
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +18,7 @@ def policy(make_micro_policy):
 
 
 def test_report_is_deterministic_and_complete(policy):
-    kwargs = dict(max_turns=2, max_new_tokens=12, seed=3)
+    kwargs = dict(max_turns=2, sampling=SamplingParams(temperature=0.4, max_new_tokens=12), seed=3)
     a = evaluate_policy(policy, "household-v0", "eval_out", 3, **kwargs)
     b = evaluate_policy(policy, "household-v0", "eval_out", 3, **kwargs)
     assert a.to_dict() == b.to_dict()
@@ -68,13 +69,14 @@ def test_evaluate_with_config_passes_every_run_setting(monkeypatch):
     )  # fmt: skip
     ev.evaluate_with_config("P", cfg, "train", 3, seed=5)
     ev.evaluate_with_config("P", cfg, "eval_in", 4, seed=6, greedy=True)
-    settings = dict(temperature=0.7, max_new_tokens=12, max_turns=7, history=1,
-                    env_kwargs={"scene_size": "small"}, train_pool=2, constrain_actions=True,
-                    constrain_scope="response", show_admissible=True)  # fmt: skip
+    settings = dict(max_turns=7, history=1, env_kwargs={"scene_size": "small"}, train_pool=2,
+                    constrain_actions=True, constrain_scope="response", show_admissible=True)  # fmt: skip
+    sampled = SamplingParams(temperature=0.7, max_new_tokens=12, greedy=False)
+    greedy = SamplingParams(temperature=0.7, max_new_tokens=12, greedy=True)
     assert calls == [
-        (("P", "household-v0", "train", 3), dict(settings, greedy=False, seed=5)),
-        (("P", "household-v0", "eval_in", 4), dict(settings, greedy=True, seed=6)),
+        (("P", "household-v0", "train", 3), dict(settings, sampling=sampled, seed=5)),
+        (("P", "household-v0", "eval_in", 4), dict(settings, sampling=greedy, seed=6)),
     ]
     cfg.eval.greedy = True
     ev.evaluate_with_config("P", cfg, "eval_in", 4, seed=6)
-    assert calls[-1][1]["greedy"] is True
+    assert calls[-1][1]["sampling"].greedy is True

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from empg.policy import SamplingParams
 from empg.policy.vllm import (
     finish_reason,
     make_policy,
@@ -23,7 +24,7 @@ from empg.policy.vllm import (
 
 
 def test_sampling_kwargs_mirror_the_hf_backend():
-    kw = sampling_kwargs(temperature=0.7, top_p=0.9, max_new_tokens=32, greedy=False, seed=5, stop="</action>")
+    kw = sampling_kwargs(SamplingParams(temperature=0.7, top_p=0.9, max_new_tokens=32), seed=5, stop="</action>")
     assert kw == {
         "temperature": 0.7,
         "top_p": 0.9,
@@ -34,12 +35,8 @@ def test_sampling_kwargs_mirror_the_hf_backend():
         "stop": ["</action>"],
         "include_stop_str_in_output": True,  # the parser needs the closing tag, as the HF backend keeps it
     }
-    greedy = sampling_kwargs(temperature=0.7, top_p=0.9, max_new_tokens=8, greedy=True, seed=None, stop=None)
+    greedy = sampling_kwargs(SamplingParams(temperature=0.7, top_p=0.9, max_new_tokens=8, greedy=True), seed=None)
     assert (greedy["temperature"], greedy["top_p"], "stop" in greedy) == (0.0, 1.0, False)
-    with pytest.raises(ValueError, match="temperature"):
-        sampling_kwargs(temperature=0.0, top_p=1.0, max_new_tokens=8, greedy=False, seed=None)
-    with pytest.raises(ValueError, match="top_p"):
-        sampling_kwargs(temperature=1.0, top_p=0.0, max_new_tokens=8, greedy=False, seed=None)
 
 
 def test_finish_reason_mapping():
@@ -133,7 +130,10 @@ def warm():
 def _rollout(policy, **kwargs):
     from empg.rollout import collect
 
-    settings = dict(group_size=1, max_new_tokens=48, max_turns=3, record_behaviour=False)
+    sampling = SamplingParams(
+        temperature=kwargs.pop("temperature", 1.0), max_new_tokens=48, greedy=kwargs.pop("greedy", False)
+    )
+    settings = dict(group_size=1, sampling=sampling, max_turns=3, record_behaviour=False)
     return collect(policy, "household-v0", [0, 1, 2], **(settings | kwargs))
 
 
@@ -148,9 +148,13 @@ def test_vllm_rollouts_follow_the_trainer_stop_rule_and_match_hf_greedy(warm):
     stopped = [s for s in vl.steps if s.response_text.endswith(prompts.STOP_STRING)]
     assert stopped and all(s.parsed for s in stopped)  # generation ended at the closing tag, which is kept
     # the same on one prompt through generate(): the stop string is the finish reason, and nothing follows it
-    (gen,) = engine.generate([stopped[0].prompt_ids], greedy=True, max_new_tokens=48, stop=prompts.STOP_STRING)
+    (gen,) = engine.generate(
+        [stopped[0].prompt_ids], sampling=SamplingParams(max_new_tokens=48, greedy=True), stop=prompts.STOP_STRING
+    )
     assert gen.finish_reason == "stop" and gen.response_ids == stopped[0].response_ids
-    (cut,) = engine.generate([stopped[0].prompt_ids], greedy=True, max_new_tokens=2, stop=prompts.STOP_STRING)
+    (cut,) = engine.generate(
+        [stopped[0].prompt_ids], sampling=SamplingParams(max_new_tokens=2, greedy=True), stop=prompts.STOP_STRING
+    )
     assert cut.finish_reason == "length" and cut.response_ids == gen.response_ids[:2]
     with pytest.raises(ValueError, match="record_behaviour=False"):
         engine.generate([stopped[0].prompt_ids], record=True)
@@ -195,7 +199,7 @@ def test_weight_sync_after_an_optimizer_step(warm):
     policy, engine = warm
     result = _rollout(engine, temperature=1.0, generator=torch.Generator().manual_seed(1))
     prompts = [s.prompt_ids for s in result.steps[:4]]
-    before = [g.response_ids for g in policy.generate(prompts, greedy=True, max_new_tokens=24)]
+    before = [g.response_ids for g in policy.generate(prompts, sampling=SamplingParams(max_new_tokens=24, greedy=True))]
 
     batch = pack_steps(policy, [s for s in result.steps if s.response_ids])
     optimizer = torch.optim.AdamW(policy.model.parameters(), lr=3e-2)
@@ -205,12 +209,16 @@ def test_weight_sync_after_an_optimizer_step(warm):
     optimizer.step()
     policy.model.eval()
 
-    after = [g.response_ids for g in policy.generate(prompts, greedy=True, max_new_tokens=24)]
+    after = [g.response_ids for g in policy.generate(prompts, sampling=SamplingParams(max_new_tokens=24, greedy=True))]
     assert after != before  # the step changed what the model does
-    assert [g.response_ids for g in engine.generate(prompts, greedy=True, max_new_tokens=24)] == before  # not yet
+    assert [
+        g.response_ids for g in engine.generate(prompts, sampling=SamplingParams(max_new_tokens=24, greedy=True))
+    ] == before  # not yet
     version = engine.version
     assert engine.sync_weights() == len(policy.model.state_dict()) and engine.version == version + 1
-    assert [g.response_ids for g in engine.generate(prompts, greedy=True, max_new_tokens=24)] == after
+    assert [
+        g.response_ids for g in engine.generate(prompts, sampling=SamplingParams(max_new_tokens=24, greedy=True))
+    ] == after
 
 
 def _train_with_vllm(tmp_path, monkeypatch, overrides):

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from empg.algos.entropy import masked_logprobs_and_entropy
+from empg.policy import SamplingParams
 from empg.policy.constrain import ActionConstraint, TokenTrie
 from empg.rollout.prompts import build_messages
 from empg.train.batch import pack
@@ -100,8 +101,7 @@ def _constrained_generate(policy, n=6, open_tag="", seed=0, temperature=1.0, cho
     cons = [ActionConstraint(open_tag, choices) for _ in prompts]
     gens = policy.generate(
         prompts,
-        temperature=temperature,
-        max_new_tokens=6,
+        sampling=SamplingParams(temperature=temperature, max_new_tokens=6),
         generator=torch.Generator().manual_seed(seed),
         constraints=cons,
     )
@@ -142,8 +142,12 @@ def test_two_action_case_by_hand(tiny):
     ids_a, ids_b = (tok.encode(x, add_special_tokens=False) for x in (a, b))
     split = next(i for i, (x, y) in enumerate(zip(ids_a, ids_b, strict=False)) if x != y)
     prompt = _prompt(tiny)
-    (g,) = tiny.generate([prompt], max_new_tokens=4, generator=torch.Generator().manual_seed(1),
-                         constraints=[ActionConstraint("", (a, b))])  # fmt: skip
+    (g,) = tiny.generate(
+        [prompt],
+        sampling=SamplingParams(max_new_tokens=4),
+        generator=torch.Generator().manual_seed(1),
+        constraints=[ActionConstraint("", (a, b))],
+    )
     assert g.text in (a, b)
     ctx = torch.tensor([prompt + ids_a[:split]])
     z = tiny.model(input_ids=ctx).logits[0, -1].float()
@@ -160,9 +164,9 @@ def test_opening_tag_switches_to_constrained_mode(tiny):
     the constraint."""
     tok = tiny.tokenizer
     prompt = _prompt(tiny)
-    (free,) = tiny.generate([prompt], greedy=True, max_new_tokens=8, stop=None)
+    (free,) = tiny.generate([prompt], sampling=SamplingParams(max_new_tokens=8, greedy=True), stop=None)
     tag = tok.decode(free.response_ids[:2])
-    (g,) = tiny.generate([prompt], greedy=True, max_new_tokens=8, stop=None,
+    (g,) = tiny.generate([prompt], sampling=SamplingParams(max_new_tokens=8, greedy=True), stop=None,
                          constraints=[ActionConstraint(tag, CHOICES)])  # fmt: skip
     assert g.constrained is True
     assert g.response_ids[:2] == free.response_ids[:2] and g.allowed_ids[:2] == [[], []]
@@ -171,9 +175,11 @@ def test_opening_tag_switches_to_constrained_mode(tiny):
 
 
 def test_no_choices_is_free_text_and_flagged(tiny):
-    (g,) = tiny.generate([_prompt(tiny)], max_new_tokens=5, constraints=[ActionConstraint("", ())])
+    (g,) = tiny.generate(
+        [_prompt(tiny)], sampling=SamplingParams(max_new_tokens=5), constraints=[ActionConstraint("", ())]
+    )
     assert g.constrained is False and all(a == [] for a in g.allowed_ids)
-    (h,) = tiny.generate([_prompt(tiny)], max_new_tokens=5)
+    (h,) = tiny.generate([_prompt(tiny)], sampling=SamplingParams(max_new_tokens=5))
     assert h.constrained is None and h.allowed_ids is None
 
 
@@ -210,8 +216,13 @@ def test_opening_tag_is_forced_when_the_free_budget_runs_out(tiny):
     """An untrained model rarely writes '<action>': after max_new_tokens of free text the tag is forced token by
     token (each the only allowed token: log-prob 0, entropy 0), then a choice follows."""
     tok = tiny.tokenizer
-    (g,) = tiny.generate([_prompt(tiny)], max_new_tokens=5, generator=torch.Generator().manual_seed(0), stop=None,
-                         constraints=[ActionConstraint("<action>", CHOICES)])  # fmt: skip
+    (g,) = tiny.generate(
+        [_prompt(tiny)],
+        sampling=SamplingParams(max_new_tokens=5),
+        generator=torch.Generator().manual_seed(0),
+        stop=None,
+        constraints=[ActionConstraint("<action>", CHOICES)],
+    )
     tag = tok.encode("<action>", add_special_tokens=False)
     assert g.constrained is True and g.finish_reason == "stop"
     assert g.response_ids[5 : 5 + len(tag)] == tag

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from empg.policy import Policy
+from empg.policy import Policy, SamplingParams
 from empg.policy.hf import _pick, _sample, _top_p
 from empg.rollout.prompts import STOP_STRING, build_messages, expert_response
 from empg.train.batch import pack
@@ -27,8 +27,8 @@ def test_chat_prompt_ids_golden(tiny):
 
 def test_batched_greedy_equals_one_by_one(tiny):
     prompts = _prompts(tiny)
-    batched = tiny.generate(prompts, greedy=True, max_new_tokens=10)
-    single = [tiny.generate([p], greedy=True, max_new_tokens=10)[0] for p in prompts]
+    batched = tiny.generate(prompts, sampling=SamplingParams(max_new_tokens=10, greedy=True))
+    single = [tiny.generate([p], sampling=SamplingParams(max_new_tokens=10, greedy=True))[0] for p in prompts]
     assert [g.response_ids for g in batched] == [g.response_ids for g in single]
     for x, y in zip(batched, single, strict=True):
         torch.testing.assert_close(torch.tensor(x.logprobs), torch.tensor(y.logprobs), atol=1e-4, rtol=0)
@@ -43,7 +43,7 @@ def test_ragged_prefill_equals_one_padded_batch_and_shares_identical_prompts(tin
     calls = []
     real = hf._ragged_prefill
     monkeypatch.setattr(hf, "_ragged_prefill", lambda m, ps, d, room: calls.append(len(ps)) or real(m, ps, d, room))
-    kw = dict(temperature=0.9, max_new_tokens=10, generator=None)
+    kw = dict(sampling=SamplingParams(temperature=0.9, max_new_tokens=10), generator=None)
     ragged = tiny.generate(prompts, **{**kw, "generator": torch.Generator().manual_seed(5)})
     assert calls == [3]
     monkeypatch.setattr(hf, "_ragged_prefill", lambda m, ps, d, room: None)  # force the padded batch
@@ -134,15 +134,15 @@ def test_generation_stops_at_action_after_overfitting(tiny):
         opt.zero_grad()
         loss.backward()
         opt.step()
-    (gen,) = policy.generate([prompt], greedy=True, max_new_tokens=40, stop=STOP_STRING)
+    (gen,) = policy.generate([prompt], sampling=SamplingParams(max_new_tokens=40, greedy=True), stop=STOP_STRING)
     assert gen.text == target
     assert gen.finish_reason == "stop" and gen.response_ids == resp[:-1]
-    (gen,) = policy.generate([prompt], greedy=True, max_new_tokens=40, stop=None)
+    (gen,) = policy.generate([prompt], sampling=SamplingParams(max_new_tokens=40, greedy=True), stop=None)
     assert gen.finish_reason == "eos" and gen.response_ids == resp
     # in a batch, the finished row is dropped from the KV cache while the other row goes on unchanged
     other = list(range(40, 90))
-    both = policy.generate([prompt, other], greedy=True, max_new_tokens=40, stop=STOP_STRING)
-    alone = policy.generate([other], greedy=True, max_new_tokens=40, stop=STOP_STRING)[0]
+    both = policy.generate([prompt, other], sampling=SamplingParams(max_new_tokens=40, greedy=True), stop=STOP_STRING)
+    alone = policy.generate([other], sampling=SamplingParams(max_new_tokens=40, greedy=True), stop=STOP_STRING)[0]
     assert both[0].text == target and both[1].response_ids == alone.response_ids
     assert len(alone.response_ids) > len(resp), "the other row must outlive the first one for this check"
     torch.testing.assert_close(torch.tensor(both[1].logprobs), torch.tensor(alone.logprobs), atol=1e-4, rtol=0)
@@ -151,9 +151,9 @@ def test_generation_stops_at_action_after_overfitting(tiny):
 def test_generate_bad_arguments(tiny):
     p = _prompts(tiny, 1)
     with pytest.raises(ValueError, match="temperature"):
-        tiny.generate(p, temperature=0)
+        tiny.generate(p, sampling=SamplingParams(temperature=0))
     with pytest.raises(ValueError, match="top_p"):
-        tiny.generate(p, top_p=0)
+        tiny.generate(p, sampling=SamplingParams(top_p=0))
     with pytest.raises(ValueError, match="at least one token"):
         tiny.generate([[]])
     assert tiny.generate([]) == []
@@ -164,8 +164,8 @@ def test_save_load_roundtrip(tiny, tmp_path):
     loaded = Policy.load(tmp_path / "m")
     assert (tmp_path / "m" / "model.safetensors").is_file()
     p = _prompts(tiny, 2)
-    assert [g.response_ids for g in loaded.generate(p, greedy=True, max_new_tokens=8)] == [
-        g.response_ids for g in tiny.generate(p, greedy=True, max_new_tokens=8)
+    assert [g.response_ids for g in loaded.generate(p, sampling=SamplingParams(max_new_tokens=8, greedy=True))] == [
+        g.response_ids for g in tiny.generate(p, sampling=SamplingParams(max_new_tokens=8, greedy=True))
     ]
     with pytest.raises(FileNotFoundError, match="config.json"):
         Policy.load(tmp_path)
@@ -216,5 +216,5 @@ def test_smollm2_from_gguf(tmp_path):
     assert 130e6 < n < 140e6
     ids = policy.chat_prompt_ids([{"role": "user", "content": "What is 2+2? Answer in one word."}])
     assert "<|im_start|>assistant" in policy.tokenizer.decode(ids)
-    (gen,) = policy.generate([ids], greedy=True, max_new_tokens=8)
+    (gen,) = policy.generate([ids], sampling=SamplingParams(max_new_tokens=8, greedy=True))
     assert len(gen.response_ids) >= 1 and isinstance(gen.text, str)

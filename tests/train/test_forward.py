@@ -4,6 +4,7 @@ the log-probs and entropies recorded while generating, and at a micro-batch's ow
 import torch
 
 import empg.train.forward as fwd
+from empg.policy import SamplingParams
 from empg.rollout.prompts import build_messages
 from empg.train.batch import pack
 from empg.train.forward import response_logprobs
@@ -18,7 +19,7 @@ def _prompts(policy, n=4):
 
 def test_generate_is_deterministic_and_its_recorded_logprobs_match_the_forward(tiny):
     prompts = _prompts(tiny)
-    kw = dict(temperature=0.7, max_new_tokens=12)
+    kw = dict(sampling=SamplingParams(temperature=0.7, max_new_tokens=12))
     a = tiny.generate(prompts, generator=torch.Generator().manual_seed(3), **kw)
     b = tiny.generate(prompts, generator=torch.Generator().manual_seed(3), **kw)
     assert [g.response_ids for g in a] == [g.response_ids for g in b]

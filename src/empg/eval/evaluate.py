@@ -16,6 +16,9 @@ import torch
 
 from empg.envs import split_seeds
 from empg.eval.stats import SuccessStats, success_table
+from empg.policy.sampling import SamplingParams
+
+EVAL_SAMPLING = SamplingParams(temperature=0.4)  # evaluate_policy's default: the presets' eval.temperature
 
 
 @dataclass
@@ -90,9 +93,7 @@ def evaluate_policy(
     split: str,
     episodes: int,
     *,
-    temperature: float = 0.4,
-    greedy: bool = False,
-    max_new_tokens: int = 64,
+    sampling: SamplingParams = EVAL_SAMPLING,
     max_turns: int | None = None,
     history: int = 2,
     seed: int = 0,
@@ -109,7 +110,8 @@ def evaluate_policy(
         env_id: registered env id.
         split: ``train`` | ``eval_in`` | ``eval_out``.
         episodes: number of seeds (fixed: ``split_seeds(split, episodes)``).
-        temperature, greedy, max_new_tokens, max_turns, history: rollout settings.
+        sampling: generation settings (:class:`empg.policy.SamplingParams`; default T = 0.4).
+        max_turns, history: rollout settings.
         seed: seeds the sampling generator (the same seed gives the same evaluation).
         env_kwargs: extra env constructor arguments.
         train_pool: the run's RL task pool (``env.train_pool``): a ``train`` evaluation plays only its tasks.
@@ -128,11 +130,9 @@ def evaluate_policy(
         seeds,
         group_size=1,
         split=split,
-        temperature=temperature,
-        max_new_tokens=max_new_tokens,
+        sampling=sampling,
         max_turns=max_turns,
         history=history,
-        greedy=greedy,
         record_behaviour=False,
         generator=generator,
         env_kwargs=env_kwargs,
@@ -166,9 +166,11 @@ def evaluate_with_config(
         cfg.env.id,
         split,
         episodes,
-        temperature=cfg.eval.temperature,
-        greedy=greedy or cfg.eval.greedy,
-        max_new_tokens=cfg.rollout.max_new_tokens,
+        sampling=SamplingParams(
+            temperature=cfg.eval.temperature,
+            max_new_tokens=cfg.rollout.max_new_tokens,
+            greedy=greedy or cfg.eval.greedy,
+        ),
         max_turns=cfg.env.max_turns,
         history=cfg.rollout.history,
         seed=seed,

@@ -7,5 +7,6 @@ differentiable forward is :mod:`empg.train.forward`.
 """
 
 from empg.policy.hf import Generation, Policy, default_cache_dir
+from empg.policy.sampling import SamplingParams
 
-__all__ = ["Generation", "Policy", "default_cache_dir"]
+__all__ = ["Generation", "Policy", "SamplingParams", "default_cache_dir"]

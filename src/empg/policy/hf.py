@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from empg.policy.constrain import ActionConstraint, TokenTrie
+from empg.policy.sampling import DEFAULT_SAMPLING, SamplingParams
 from empg.policy.tiny import build_tiny_model
 from empg.policy.tokenizer import corpus_hash, train_tokenizer
 
@@ -198,11 +199,8 @@ class Policy:
     def generate(
         self,
         prompt_ids: list[list[int]],
+        sampling: SamplingParams = DEFAULT_SAMPLING,
         *,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        max_new_tokens: int = 64,
-        greedy: bool = False,
         generator: torch.Generator | None = None,
         stop: str | None = None,
         record: bool = True,
@@ -213,10 +211,8 @@ class Policy:
 
         Args:
             prompt_ids: B token lists (chat-templated prompts).
-            temperature: sampling temperature (> 0); behaviour log-probs/entropies are taken at it.
-            top_p: nucleus threshold in (0, 1] (1 = off).
-            max_new_tokens: cap per response.
-            greedy: argmax decoding (log-probs still recorded at ``temperature``).
+            sampling: temperature, nucleus, token cap and greedy decoding (:class:`SamplingParams`); behaviour
+                log-probs/entropies are taken at its temperature, also when greedy.
             generator: torch generator for reproducible sampling (CPU generators work with any device).
             stop: stop each row once its decoded response contains this string (None: only EOS/length).
             record: record per-token log-probs and entropies (of the distribution sampled from: restricted to
@@ -227,7 +223,6 @@ class Policy:
                 constrained span is not counted against ``max_new_tokens``; a row that reaches ``max_new_tokens``
                 in free text gets the opening tag forced (log-prob 0) and then chooses.
         """
-        _check_sampling(temperature, top_p, max_new_tokens)
         if not prompt_ids:
             return []
         if any(len(p) == 0 for p in prompt_ids):
@@ -235,7 +230,7 @@ class Policy:
         if constraints is not None and len(constraints) != len(prompt_ids):
             raise ValueError(f"need one constraint (or None) per prompt, got {len(constraints)} for {len(prompt_ids)}")
         rows = [_RowState.start(self.tokenizer, c) for c in (constraints or [None] * len(prompt_ids))]
-        return _sample_loop(self, prompt_ids, temperature, top_p, max_new_tokens, greedy, generator, stop, record, rows)
+        return _sample_loop(self, prompt_ids, sampling, generator, stop, record, rows)
 
 
 def _stale_tmp_dirs(path: Path) -> list[Path]:
@@ -256,15 +251,6 @@ def _stale_tmp_dirs(path: Path) -> list[Path]:
 
 
 # ============================================================================== sampling loop
-def _check_sampling(temperature: float, top_p: float, max_new_tokens: int) -> None:
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0 (use greedy=True for argmax), got {temperature}")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-
-
 def _left_pad(prompt_ids: list[list[int]], pad_id: int, device) -> tuple[Tensor, Tensor]:
     P = max(len(p) for p in prompt_ids)
     ids = torch.full((len(prompt_ids), P), pad_id, dtype=torch.long)
@@ -457,8 +443,9 @@ def _allowed_mask(states: list[_RowState], rows: list[int], vocab: int, device) 
     return mask.to(device)
 
 
-def _sample_loop(policy, prompt_ids, temperature, top_p, max_new_tokens, greedy, generator, stop, record, states):
+def _sample_loop(policy, prompt_ids, sampling: SamplingParams, generator, stop, record, states):
     model, tok = policy.model, policy.tokenizer
+    max_new_tokens = sampling.max_new_tokens
     room = max_new_tokens + max((s.trie.depth + 8 for s in states if s.trie is not None), default=0)  # + the tag
     past, logits, attn, next_pos = _prefill(model, prompt_ids, policy.pad_id, policy.device, room=room)
     cache_arg = _cache_arg(model)  # once, not per token
@@ -471,7 +458,7 @@ def _sample_loop(policy, prompt_ids, temperature, top_p, max_new_tokens, greedy,
     reason = ["length"] * B
     while True:
         allowed = _allowed_mask(states, rows, logits.shape[-1], logits.device)
-        tokens, lp, ent = _pick(logits, temperature, top_p, greedy, generator, allowed)
+        tokens, lp, ent = _pick(logits, sampling.temperature, sampling.top_p, sampling.greedy, generator, allowed)
         tl, lpl, el = tokens.tolist(), lp.tolist(), ent.tolist()
         keep: list[int] = []
         for j, i in enumerate(rows):

@@ -41,6 +41,7 @@ from typing import Any
 import torch
 
 from empg.policy.hf import Generation, Policy
+from empg.policy.sampling import DEFAULT_SAMPLING, SamplingParams
 
 EXTENSION = "empg.policy.vllm.EMPGWorkerExtension"
 DEFAULT_SYNC_CHUNK_BYTES = 256 * 2**20
@@ -124,26 +125,13 @@ def unpack_tensor(dtype: str, shape: list[int], data: bytes) -> torch.Tensor:
     return torch.frombuffer(bytearray(data), dtype=dt).reshape(shape)
 
 
-def sampling_kwargs(
-    *,
-    temperature: float,
-    top_p: float,
-    max_new_tokens: int,
-    greedy: bool,
-    seed: int | None,
-    stop: str | None = None,
-) -> dict[str, Any]:
-    """Keyword arguments of ``vllm.SamplingParams`` matching :meth:`empg.policy.Policy.generate`'s settings."""
-    if not greedy and not temperature > 0:
-        raise ValueError(f"temperature must be > 0 for sampling (use greedy=True for argmax), got {temperature}")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+def sampling_kwargs(sampling: SamplingParams, *, seed: int | None, stop: str | None = None) -> dict[str, Any]:
+    """Keyword arguments of ``vllm.SamplingParams`` matching :meth:`empg.policy.Policy.generate` under ``sampling``
+    (greedy: vLLM's temperature 0 and no nucleus)."""
     kwargs: dict[str, Any] = {
-        "temperature": 0.0 if greedy else float(temperature),
-        "top_p": 1.0 if greedy else float(top_p),
-        "max_tokens": int(max_new_tokens),
+        "temperature": 0.0 if sampling.greedy else float(sampling.temperature),
+        "top_p": 1.0 if sampling.greedy else float(sampling.top_p),
+        "max_tokens": int(sampling.max_new_tokens),
         "n": 1,
         "seed": seed,
         "detokenize": True,
@@ -232,11 +220,8 @@ class VLLMPolicy:
     def generate(
         self,
         prompt_ids: list[list[int]],
+        sampling: SamplingParams = DEFAULT_SAMPLING,
         *,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        max_new_tokens: int = 64,
-        greedy: bool = False,
         generator: torch.Generator | None = None,
         stop: str | None = None,
         record: bool = False,
@@ -254,19 +239,7 @@ class VLLMPolicy:
             raise ValueError("every prompt needs at least one token")
         vllm = _vllm()
         seeds = torch.randint(0, 2**31 - 1, (len(prompt_ids),), generator=generator).tolist()
-        params = [
-            vllm.SamplingParams(
-                **sampling_kwargs(
-                    temperature=temperature,
-                    top_p=top_p,
-                    max_new_tokens=max_new_tokens,
-                    greedy=greedy,
-                    seed=seed,
-                    stop=stop,
-                )
-            )
-            for seed in seeds
-        ]
+        params = [vllm.SamplingParams(**sampling_kwargs(sampling, seed=seed, stop=stop)) for seed in seeds]
         prompts = [{"prompt_token_ids": list(p)} for p in prompt_ids]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         gens = []

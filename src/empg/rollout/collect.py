@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from empg.policy.constrain import ActionConstraint
+from empg.policy.sampling import DEFAULT_SAMPLING, SamplingParams
 from empg.rollout import prompts
 from empg.rollout.types import RolloutResult, StepRecord, TrajectorySummary
 
@@ -67,12 +68,9 @@ def collect(
     *,
     group_size: int,
     split: str = "train",
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    max_new_tokens: int = 64,
+    sampling: SamplingParams = DEFAULT_SAMPLING,
     max_turns: int | None = None,
     history: int = 2,
-    greedy: bool = False,
     record_behaviour: bool = True,
     generator: torch.Generator | None = None,
     env_kwargs: dict | None = None,
@@ -84,7 +82,7 @@ def collect(
     """Roll out ``group_size`` copies of each task ``seeds[g]`` (group ``g``) in lock-step.
 
     Trajectory ids are ``g * group_size + k``. Evaluation uses the same function with ``group_size=1`` and the eval
-    temperature (e.g. 0.4) or ``greedy=True``.
+    temperature (e.g. ``SamplingParams(temperature=0.4)``) or greedy decoding.
 
     Args:
         policy: an :class:`empg.policy.Policy` (or anything with ``chat_prompt_ids``, ``generate``, ``tokenizer``).
@@ -92,7 +90,7 @@ def collect(
         seeds: one env seed per task group.
         group_size: copies per task (G).
         split: env split; seeds must belong to it.
-        temperature, top_p, max_new_tokens, greedy: generation settings.
+        sampling: generation settings (:class:`empg.policy.SamplingParams`).
         max_turns: turn limit (default: the env's registered one).
         history: number of past (observation, action) pairs shown in the prompt.
         record_behaviour: fill ``StepRecord.old_logprobs``/``token_entropies`` from generation.
@@ -123,12 +121,9 @@ def collect(
             env_seeds,
             group_ids=group_ids,
             env_id=env_id,
-            temperature=temperature,
-            top_p=top_p,
-            max_new_tokens=max_new_tokens,
+            sampling=sampling,
             max_turns=max_turns,
             history=history,
-            greedy=greedy,
             record_behaviour=record_behaviour,
             generator=generator,
             progress=progress,
@@ -148,12 +143,9 @@ def collect_with_envs(
     *,
     group_ids: Sequence[int] | None = None,
     env_id: str | None = None,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    max_new_tokens: int = 64,
+    sampling: SamplingParams = DEFAULT_SAMPLING,
     max_turns: int | None = None,
     history: int = 2,
-    greedy: bool = False,
     record_behaviour: bool = True,
     generator: torch.Generator | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -188,10 +180,7 @@ def collect_with_envs(
         t0 = time.perf_counter()
         gens = policy.generate(
             prompt_ids,
-            temperature=temperature,
-            top_p=top_p,
-            max_new_tokens=max_new_tokens,
-            greedy=greedy,
+            sampling=sampling,
             generator=generator,
             stop=prompts.STOP_STRING,
             record=record_behaviour,

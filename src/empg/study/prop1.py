@@ -220,7 +220,7 @@ def rollout_steps(policy: Any, cfg: Any, split: str, episodes: int, seed: int) -
     """
     import torch
 
-    from empg.envs import split_seeds
+    from empg.eval.evaluate import eval_seeds
     from empg.rollout import collect
     from empg.train.backends import rollout_settings
 
@@ -228,7 +228,7 @@ def rollout_steps(policy: Any, cfg: Any, split: str, episodes: int, seed: int) -
     result = collect(
         policy,
         cfg.env.id,
-        split_seeds(split, episodes),
+        eval_seeds(split, episodes),  # the seeds an evaluation of this split plays
         group_size=1,
         split=split,
         env_kwargs=cfg.env.kwargs,

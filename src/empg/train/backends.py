@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from empg.policy.sampling import SamplingParams
 from empg.train.config import TrainConfig
 
 
@@ -34,9 +35,9 @@ def rollout_settings(
     if record_behaviour is None:
         record_behaviour = not rescores(cfg)
     return {
-        "temperature": cfg.rollout.temperature,
-        "top_p": cfg.rollout.top_p,
-        "max_new_tokens": cfg.rollout.max_new_tokens,
+        "sampling": SamplingParams(
+            temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, max_new_tokens=cfg.rollout.max_new_tokens
+        ),
         "max_turns": cfg.env.max_turns,
         "history": cfg.rollout.history,
         "record_behaviour": record_behaviour,

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from empg.eval.evaluate import eval_sampling_seed, evaluate_with_config, metric_key, render_report
+from empg.policy.sampling import SamplingParams
 from empg.rollout.corpus import env_corpus
 from empg.train import checkpoint as ckpt
 from empg.train.config import TrainConfig
@@ -424,8 +425,7 @@ def _dagger(policy: Any, cfg: TrainConfig, demos: list[Demo], console: Any, run_
             cfg.env.id,
             all_seeds[n + r * per : n + (r + 1) * per],
             group_size=1,
-            temperature=cfg.rollout.temperature,
-            max_new_tokens=cfg.rollout.max_new_tokens,
+            sampling=SamplingParams(temperature=cfg.rollout.temperature, max_new_tokens=cfg.rollout.max_new_tokens),
             max_turns=cfg.env.max_turns,
             history=cfg.rollout.history,
             record_behaviour=False,
