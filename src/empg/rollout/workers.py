@@ -35,12 +35,17 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-_RETRY_SECONDS = 30.0  # how long a reset waits for a restarting worker
-_RESTART_GRACE = 180.0  # added to step_timeout for a reset, which may wait for a restart (slow on a busy machine)
+# A restart imports torch and transformers afresh: ~10 s on an idle 2-core machine, over 60 s on a busy one.
+_RESTART_GRACE = 180.0  # added to step_timeout for a reset, which may wait for a restart
+_RETRY_SECONDS = _RESTART_GRACE  # how long a reset keeps retrying a worker that is still restarting
 
 
 class EnvWorkerDied(RuntimeError):
     """The Ray worker holding this env died; the episode's state is lost (reset the env to go on)."""
+
+
+class _WorkerRestarting(EnvWorkerDied):
+    """A reset found its worker still restarting (Ray's ``ActorUnavailableError``): retried, not yet lost."""
 
 
 def _ray() -> Any:
@@ -143,10 +148,12 @@ class RemoteEnv:
                 token, result = self._pool._call(
                     self._worker, [(self._local, "reset", (), {"seed": seed, **_opt(options)})], grace=True
                 )
-            except EnvWorkerDied:
+            except EnvWorkerDied as err:  # dead, hung or (not counted as lost) still restarting
                 if time.monotonic() > deadline:
+                    if isinstance(err, _WorkerRestarting):
+                        self._pool._lost(self._worker, f"still restarting after {_RETRY_SECONDS:.0f} s")
                     raise
-                time.sleep(0.2)  # the worker is restarting; reset is deterministic, so retrying is safe
+                time.sleep(0.5)  # reset is deterministic, so retrying is safe
                 continue
             self._token = token
             return _unwrap(result[0])
@@ -350,6 +357,8 @@ class RayEnvPool(Sequence):
         try:
             return ray.get(ref, timeout=timeout)
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as err:
+            if grace and isinstance(err, ray.exceptions.ActorUnavailableError):
+                raise _WorkerRestarting(f"env worker {worker} is restarting") from err
             self._lost(worker, type(err).__name__)
             raise EnvWorkerDied(f"env worker {worker} died ({type(err).__name__}); Ray restarts it") from err
         except ray.exceptions.GetTimeoutError as err:
