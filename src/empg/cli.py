@@ -224,7 +224,7 @@ def _doc(module: str) -> str:
 
 
 def _cmd_train(args: argparse.Namespace, console: Console) -> int:
-    from empg.train.distributed import train_auto as train  # rl.train, or data-parallel under torchrun/accelerate
+    from empg.train.rl import train_auto as train  # one process, or data-parallel under torchrun/accelerate
 
     if args.resume is not None:
         if args.config is not None:

@@ -15,12 +15,12 @@ from empg.train import advantage, rl
 from empg.train.config import TrainConfig
 from empg.train.distributed import (
     DistInfo,
-    ddp_update_phase,
+    Reducer,
     fsdp_reducer,
     gather_cat,
     global_step_advantages,
     init_distributed,
-    train_distributed,
+    reducer,
 )
 
 N_GROUPS, GROUP_SIZE, VOCAB = 3, 2, 40
@@ -110,7 +110,7 @@ def one_update(steps, trajs, info: DistInfo, sharding: str = "ddp") -> dict:
         fsdp.sync_rollout_weights(run)  # the unsharded copy (model) now holds the trained weights
         out["resharded_state_equal"] = _reshard_round_trip(run, info)
     else:
-        metrics = ddp_update_phase(run, batch, None, 0, info)
+        metrics = rl.update_phase(run, batch, None, 0, reducer(info))  # the loop's own update, all-reduced
     keys = [(s.traj_id, s.step_idx) for s in steps]
     return out | {
         "adv": dict(zip(keys, adv.tolist(), strict=True)),
@@ -153,14 +153,14 @@ def _worker(rank: int, world: int, port: int, out_dir: str, overrides: list[str]
     info = init_distributed("gloo")
     try:
         # A. one update on a fixed batch, sharded by groups
-        lo, hi = rl.Reducer(rank=info.rank, world_size=info.world_size).shard(N_GROUPS)
+        lo, hi = Reducer(rank=info.rank, world_size=info.world_size).shard(N_GROUPS)
         steps, trajs = rollout(lo, hi - lo)
         result = one_update(steps, trajs, info, sharding)
         result["gathered"] = gather_cat(torch.arange(hi - lo) + 10 * rank, info)
         # B. the whole loop (rollout, scoring, advantages, update, eval, log, checkpoint) on the tiny model
         from empg.train.config import load_config
 
-        result["history"] = train_distributed(load_config(None, [*overrides, f"optim.sharding={sharding}"]), info=info)
+        result["history"] = rl.train(load_config(None, [*overrides, f"optim.sharding={sharding}"]), info=info)
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         torch.distributed.destroy_process_group()
@@ -175,7 +175,7 @@ def _free_port() -> int:
 def test_reducer_shard_covers_everything_once():
     for n in range(0, 9):
         for world in (1, 2, 3, 4):
-            parts = [rl.Reducer(rank=r, world_size=world).shard(n) for r in range(world)]
+            parts = [Reducer(rank=r, world_size=world).shard(n) for r in range(world)]
             assert [i for lo, hi in parts for i in range(lo, hi)] == list(range(n))
             assert max(hi - lo for lo, hi in parts) - min(hi - lo for lo, hi in parts) <= 1
 
@@ -218,7 +218,7 @@ def test_two_gloo_processes_match_one_process(tmp_path, tiny_model_dir, fast, sh
         for r in ranks:
             torch.testing.assert_close(r["params"][name], p, atol=1e-5, rtol=0)
 
-    # B. the distributed loop ran 2 iterations; rank 0 alone wrote metrics and checkpoints
+    # B. the one training loop ran 2 iterations on both ranks; rank 0 alone wrote metrics and checkpoints
     from empg.eval.runlog import read_metrics
     from empg.train.checkpoint import latest_checkpoint
 
@@ -249,5 +249,5 @@ def test_single_process_scale_out_options_are_refused_under_torchrun(section, na
     cfg = TrainConfig(run_dir=str(tmp_path / "run"))
     setattr(getattr(cfg, section), name, value)
     with pytest.raises(ConfigError, match="not wired into multi-process"):
-        train_distributed(cfg, info=DistInfo(rank=0, world_size=2))  # refused before any collective or file
+        rl.train(cfg, info=DistInfo(rank=0, world_size=2))  # refused before any collective or file
     assert not (tmp_path / "run").exists()

@@ -2,7 +2,12 @@
 
 ``accelerate launch --num_processes N [--cpu] -m empg.cli train ...`` (or ``torchrun --nproc_per_node N -m empg.cli
 train ...``) starts N processes with ``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/``MASTER_PORT`` set;
-:func:`init_distributed` joins them (gloo on CPU, NCCL on CUDA). The pieces, in the order of one iteration:
+:func:`init_distributed` joins them (gloo on CPU, NCCL on CUDA).
+
+There is one training loop, :func:`empg.train.rl.train`, for 1 ... N processes; this module holds what it needs to
+run on several: the process group (:class:`DistInfo`), the collectives, and the :class:`Reducer` through which the
+loop's phases combine values over processes (the defaults, :data:`LOCAL`, are one process). It imports nothing of
+the loop. The pieces, in the order of one iteration:
 
 1. **Rollout sharding** — the trainer's own :func:`empg.train.rl.rollout_phase` with this group's :func:`reducer`:
    every rank draws the same task list (same seeded generator) and rolls out its contiguous shard of the groups
@@ -12,12 +17,13 @@ train ...``) starts N processes with ``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/``M
 3. **Advantages on the full batch** — :func:`global_step_advantages` gathers the step tables (ids, outcomes, step
    entropies) of all ranks, runs the trainer's own :func:`empg.train.advantage.advantage_phase` on the whole batch
    (GRPO group statistics and EMPG's min-max, mean of g and final mean are batch-global), and keeps this rank's rows.
-4. **Update** — :func:`ddp_update_phase` runs :func:`empg.train.rl.update_phase` itself with this process group's
-   :func:`reducer`, whose all-reduces make N processes compute exactly the single-process step: the loss denominator
-   (token count or row count of the mini-batch) is summed over ranks, and gradients are summed over ranks (one flat
+4. **Update** — :func:`empg.train.rl.update_phase` with this process group's :func:`reducer`, whose all-reduces
+   make N processes compute exactly the single-process step: the loss denominator (token count or row count of the
+   mini-batch) is summed over ranks, and gradients are summed over ranks (one flat
    all-reduce) before clipping and the optimizer step. Parameters therefore stay identical on every rank (checked by
    :func:`check_in_sync`).
 5. **Checkpoints, evaluation, logging** — on the main rank only (``DistInfo.is_main``), followed by :func:`barrier`.
+   Rank 0 sets the run up (base model, SFT warm start, run directory); the others load what it saved.
 
 Exactness: with ``optim.mini_batches = 1`` the N-process update equals the single-process update on the same batch
 (to float rounding; tested with 2 gloo processes to 1e-5). With more mini-batches each rank splits its own shard, so
@@ -30,7 +36,7 @@ steps above are the same, the update uses FSDP's own gradient reduction and an u
 from __future__ import annotations
 
 import os
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
@@ -40,6 +46,39 @@ import torch.distributed as dist
 
 from empg.train import advantage
 from empg.train.advantage import StepTable
+from empg.train.batch import StepBatch
+from empg.train.config import ConfigError, TrainConfig
+
+
+@dataclass(frozen=True)
+class Reducer:
+    """How :func:`empg.train.rl.rollout_phase` and :func:`empg.train.rl.update_phase` combine values over
+    data-parallel processes; the defaults (:data:`LOCAL`) are one process.
+
+    :func:`reducer` fills in a process group's rank and collectives, which is all that separates an N-process
+    rollout (a shard of the task groups, DAPO's rounds decided on global counts) and update from one process's.
+    """
+
+    sum: Callable[[float], float] = float  # Σ of a float over processes (loss denominators, loss metrics)
+    min: Callable[[int], int] = int  # min of an int over processes (so every process takes the same optimizer steps)
+    grads: Callable[[list[torch.nn.Parameter]], None] = lambda params: None  # Σ gradients over processes, in place
+    max: Callable[[int], int] = int  # max of an int over processes
+    # FSDP: every forward/backward is a collective, so every process runs as many micro-batches as the busiest one
+    # (padding with zero-loss passes); DDP's single gradient all-reduce per optimizer step does not need it
+    lockstep: bool = False
+    rank: int = 0
+    world_size: int = 1
+    gather: Callable[[Any], list] = lambda obj: [obj]  # [obj of rank 0, obj of rank 1, ...] on every process
+
+    def shard(self, n: int) -> tuple[int, int]:
+        """Contiguous, balanced ``[start, stop)`` of ``n`` items for this process (the first ``n % world`` get one
+        more)."""
+        base, extra = divmod(n, self.world_size)
+        start = self.rank * base + min(self.rank, extra)
+        return start, start + base + (1 if self.rank < extra else 0)
+
+
+LOCAL = Reducer()
 
 
 @dataclass(frozen=True)
@@ -176,7 +215,9 @@ def check_in_sync(model: torch.nn.Module, info: DistInfo, atol: float = 0.0) -> 
 
 # ----------------------------------------------------------------------------- 1. rollout sharding
 # ----------------------------------------------------------------------------- 3. advantages on the full batch
-def global_step_advantages(cfg: Any, table: StepTable, it: int, info: DistInfo) -> tuple:
+def global_step_advantages(
+    cfg: TrainConfig, table: StepTable, it: int, info: DistInfo, details: dict | None = None
+) -> tuple:
     """Per-step advantages (S_local,) of this rank's steps, computed by :func:`empg.train.advantage.advantage_phase`
     on all ranks' :class:`~empg.train.advantage.StepTable`s joined in rank order.
 
@@ -186,12 +227,14 @@ def global_step_advantages(cfg: Any, table: StepTable, it: int, info: DistInfo) 
             (:func:`empg.train.rl.renumber_groups`).
         it: iteration (for error messages).
         info: process group info.
+        details: filled with the per-step terms as :func:`~empg.train.advantage.advantage_phase` does (one process
+            only: the terms of N processes' joined batch do not line up with this rank's steps).
 
     Returns:
         (advantages (S_local,), metrics of the global batch).
     """
     if not info.enabled:
-        return advantage.advantage_phase(cfg, table, it)
+        return advantage.advantage_phase(cfg, table, it, details=details)
     parts = gather_objects(table, info)
     whole = StepTable.cat(parts)
     pairs = set(zip(whole.traj_id.tolist(), whole.traj.tolist(), strict=True))
@@ -203,24 +246,11 @@ def global_step_advantages(cfg: Any, table: StepTable, it: int, info: DistInfo) 
 
 
 # ----------------------------------------------------------------------------- 4. update
-def ddp_update_phase(run: Any, batch: Any, ref_logp: torch.Tensor | None, it: int, info: DistInfo) -> dict:
-    """:func:`empg.train.rl.update_phase` over this rank's rows, with global denominators and summed gradients.
-
-    Every rank must call it (a rank with no rows still joins the collectives). Loss metrics (``loss/*``) are summed
-    over ranks, so they equal the single-process values; other metrics are this rank's.
-    """
-    from empg.train import rl
-
-    return rl.update_phase(run, batch, ref_logp, it, reducer(info))
-
-
-def reducer(info: DistInfo) -> Any:
-    """The :class:`empg.train.rl.Reducer` of this process group: all-reduces (identity for one process)."""
-    from empg.train import rl
-
+def reducer(info: DistInfo) -> Reducer:
+    """The :class:`Reducer` of this process group: all-reduces (:data:`LOCAL` for one process)."""
     if not info.enabled:
-        return rl.LOCAL
-    return rl.Reducer(
+        return LOCAL
+    return Reducer(
         sum=lambda value: all_reduce_sum(value, info),
         min=lambda value: all_reduce_min(value, info),
         max=lambda value: -all_reduce_min(-int(value), info),
@@ -231,125 +261,23 @@ def reducer(info: DistInfo) -> Any:
     )
 
 
-def fsdp_reducer(info: DistInfo) -> Any:
+def fsdp_reducer(info: DistInfo) -> Reducer:
     """:func:`reducer` without its gradient all-reduce (FSDP reduces gradients itself) and with lock-step
     micro-batches."""
-    from empg.train import rl
-
-    return replace(reducer(info), grads=rl.LOCAL.grads, lockstep=True)
+    return replace(reducer(info), grads=LOCAL.grads, lockstep=True)
 
 
-def empty_batch() -> Any:
+def empty_batch() -> StepBatch:
     """A zero-row ``StepBatch`` for a rank whose shard kept no step (it still joins every collective)."""
-    from empg.train.batch import StepBatch
-
     z = torch.zeros(0, 2)
     zl = torch.zeros(0, 2, dtype=torch.long)
     zi = torch.zeros(0, dtype=torch.long)
     return StepBatch(zl, zl, z, z, z, z, z, zi, zi, zi, torch.zeros(0, dtype=torch.bool), 1)
 
 
-# ----------------------------------------------------------------------------- the distributed loop
-def _setup_worker_run(cfg: Any, info: DistInfo, resume: bool) -> Any:
-    """Run state of a non-main rank: the main rank's base model or latest checkpoint, no files written."""
-    from pathlib import Path
-
-    from empg.envs import split_seeds
-    from empg.policy import Policy
-    from empg.train import checkpoint as ckpt
-    from empg.train import rl
-
-    run_dir = Path(cfg.run_dir)
-    latest = ckpt.resume_checkpoint(run_dir, quiet=True) if resume else None  # the one rank 0 chose
-    from empg.train.optim import make_optimizer, model_dtype
-
-    dtype = model_dtype(cfg.model.dtype)
-    policy = Policy.load(latest or run_dir / "base_model", device=cfg.model.device, dtype=dtype)
-    policy.model.eval()
-    ref_model = None
-    if cfg.algo.kl_coef > 0:
-        ref_model = Policy.load(run_dir / "base_model", device=cfg.model.device, dtype=dtype).model.eval()
-        ref_model.requires_grad_(False)
-    opt = make_optimizer(policy.model, cfg.optim.lr, cfg.optim.weight_decay)
-    start = ckpt.restore_checkpoint(latest, opt)["iteration"] if latest is not None else 0
-    pool = split_seeds("train", cfg.env.train_pool)
-    return rl.Run(cfg, run_dir, policy, opt, None, start, pool, ref_model, None)
-
-
-def train_distributed(cfg: Any, *, resume: bool = False, console: Any = None, info: DistInfo | None = None) -> list:
-    """:func:`empg.train.rl.train` on every rank of the process group; files are written by the main rank only.
-
-    Rank 0 sets the run up (base model, SFT warm start, run directory), the others load what it saved. Each
-    iteration: sharded rollout → local scoring → batch-global advantages → synchronised update → (rank 0) eval, log,
-    checkpoint. Returns the metrics rows (rank 0; other ranks return an empty list).
-    """
-    from empg.train import checkpoint as ckpt
-    from empg.train import rl
-
-    info = info or dist_info()
-    if not info.enabled:
-        return rl.train(cfg, resume=resume, console=console)
-    _check_single_process_options(cfg)
-    run = rl.setup_run(cfg, resume=resume, console=console) if info.is_main else None
-    barrier(info)
-    if run is None:
-        run = _setup_worker_run(cfg, info, resume)
-    broadcast_parameters(run.policy.model, info)
-    fsdp = cfg.optim.sharding == "fsdp"
-    if fsdp:
-        from empg.train import fsdp as fs
-
-        fs.shard_for_training(run, info)
-    if info.is_main and run.start == 0 and cfg.eval.at_start and cfg.eval.every > 0 and cfg.iterations > 0:
-        rl._log(run, 0, rl._sft_eval_metrics(run) or rl.evaluate_phase(run, 0))
-    for it in range(run.start, cfg.iterations):
-        t_start = time.perf_counter()
-        steps, trajs, metrics = rl.rollout_phase(run, it, reducer(info))
-        metrics["time/rollout"] = time.perf_counter() - t_start
-        if metrics["train/n_steps"] > 0:  # the same decision on every rank (a global count)
-            t0 = time.perf_counter()
-            batch = rl.pack_steps(run.policy, steps) if steps else empty_batch()
-            ref_logp = rl.score_phase(run, batch, it) if steps else None
-            if ref_logp is None and run.ref_model is not None:
-                ref_logp = torch.zeros_like(batch.response_mask)
-            metrics["time/scoring"] = time.perf_counter() - t0
-            table = advantage.step_table(cfg, batch, steps, trajs)
-            adv, adv_metrics = global_step_advantages(cfg, table, it, info)
-            metrics.update(adv_metrics)
-            if steps:
-                batch.advantages = advantage.to_tokens(adv, batch.response_mask)
-            t0 = time.perf_counter()
-            if fsdp:
-                metrics.update(rl.update_phase(run, batch, ref_logp, it, fsdp_reducer(info)))
-                fs.sync_rollout_weights(run)  # the unsharded copy generates and scores the next iteration
-            else:
-                metrics.update(ddp_update_phase(run, batch, ref_logp, it, info))
-            metrics["time/update"] = time.perf_counter() - t0
-        else:
-            metrics["update/skipped"] = 1.0  # DAPO kept no informative group on any rank
-        last = it + 1 == cfg.iterations
-        save = (it + 1) % cfg.log.checkpoint_every == 0 or last
-        optimizer = fs.full_optimizer(run) if fsdp and save else run.optimizer  # a collective under FSDP
-        if info.is_main:
-            if cfg.eval.every > 0 and ((it + 1) % cfg.eval.every == 0 or last):
-                metrics.update(rl.evaluate_phase(run, it + 1))
-            metrics["time/total"] = time.perf_counter() - t_start
-            rl._log(run, it + 1, metrics)
-            if save:
-                ckpt.save_checkpoint(run.run_dir, it + 1, run.policy, optimizer, keep=cfg.log.keep_checkpoints)
-        barrier(info)
-    check_in_sync(run.policy.model, info, atol=1e-4)
-    if info.is_main:
-        run.logger.close()
-        rl._finish(run)
-        return run.history
-    return []
-
-
-def _check_single_process_options(cfg: Any) -> None:
+# ----------------------------------------------------------------------------- options
+def check_single_process_options(cfg: TrainConfig) -> None:
     """Ray env workers and the vLLM backend are wired into the single-process loop only (before any work starts)."""
-    from empg.train.config import ConfigError
-
     if cfg.rollout.env_workers > 0:
         raise ConfigError(
             "rollout.env_workers",
@@ -362,16 +290,3 @@ def _check_single_process_options(cfg: Any) -> None:
             f"model.backend={cfg.model.backend} is not wired into multi-process (torchrun/accelerate) training",
             "use model.backend=hf under torchrun, or train in one process with vLLM",
         )
-
-
-def train_auto(cfg: Any, *, resume: bool = False, console: Any = None) -> list:
-    """What ``empg train`` runs: :func:`train_distributed` under a multi-process launcher, else ``rl.train``."""
-    info = init_distributed()
-    if not info.enabled:
-        from empg.train import rl
-
-        return rl.train(cfg, resume=resume, console=console)
-    try:
-        return train_distributed(cfg, resume=resume, console=console if info.is_main else None, info=info)
-    finally:
-        dist.destroy_process_group()

@@ -467,9 +467,9 @@ def build_plan(cfg: TrainConfig) -> list[str]:
 def dry_run(cfg: TrainConfig, console: Any) -> int:
     """Print the plan of ``cfg`` (validated by the caller with :func:`load_config`); returns the exit code 0."""
     if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
-        from empg.train.distributed import _check_single_process_options
+        from empg.train.distributed import check_single_process_options
 
-        _check_single_process_options(cfg)  # the multi-process launcher's own checks, before any work
+        check_single_process_options(cfg)  # the multi-process launcher's own checks, before any work
     for line in build_plan(cfg):
         console.print(line, markup=False, highlight=False, soft_wrap=True)
     return 0

@@ -89,3 +89,23 @@ class Progress:
         rate = (self.done - self._start) / elapsed if elapsed > 0 else 0.0
         stamp(self.console, f"{self.label} {self.done}/{self.total} {text} ({elapsed:.0f} s, {rate:.2f} {self.unit}/s)")
         self._last, self._printed_at = time.monotonic(), self.done
+
+
+def iteration_summary(m: dict[str, Any]) -> str:
+    """One line of an iteration's metrics: training success, return, invalid rate, mixed groups, entropy, KL,
+    seconds per phase, and the evaluation when there was one."""
+    parts = [
+        f"success {m.get('train/success', 0):.0%}",
+        f"return {m.get('train/return', 0):.2f}",
+        f"invalid {m.get('train/invalid_rate', 0):.0%}",
+        f"mixed {m.get('train/mixed_groups', 0):.0f}/{m.get('dapo/kept_groups', 0):.0f} kept",
+        f"H {m.get('entropy/token_mean', 0):.3f}",
+    ]
+    if "actor/approx_kl" in m:
+        parts.append(f"kl {m['actor/approx_kl']:.1e}")
+    secs = "/".join(f"{m.get(f'time/{k}', 0):.0f}" for k in ("rollout", "scoring", "update", "eval"))
+    parts.append(f"s {secs}")
+    for split in ("eval_train", "eval_in", "eval_out"):
+        if f"{split}/success" in m:
+            parts.append(f"{split} {m[f'{split}/success']:.1%}")
+    return " | ".join(parts)

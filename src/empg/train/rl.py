@@ -52,13 +52,28 @@ import torch
 from empg.eval.evaluate import EvalReport, eval_sampling_seed, evaluate_with_config, save_report
 from empg.eval.runlog import METRICS, STEP_ENTROPY, TRAJECTORIES
 from empg.train import checkpoint as ckpt
-from empg.train.advantage import StepTable, advantage_phase, episode_returns, step_table, to_tokens
+from empg.train.advantage import StepTable, episode_returns, step_table, to_tokens
 from empg.train.backends import rollout_backends, rollout_settings, sync_rollout_weights
 from empg.train.config import TrainConfig, to_yaml
+from empg.train.distributed import (
+    LOCAL,
+    DistInfo,
+    Reducer,
+    barrier,
+    broadcast_parameters,
+    check_in_sync,
+    check_single_process_options,
+    dist_info,
+    empty_batch,
+    fsdp_reducer,
+    global_step_advantages,
+    init_distributed,
+    reducer,
+)
 from empg.train.forward import response_logits, response_logprobs
 from empg.train.metrics import MetricsLogger, NonFiniteError, check_finite, masked_mean, truncate_jsonl
 from empg.train.optim import make_optimizer, model_dtype
-from empg.train.progress import stamp
+from empg.train.progress import Progress, iteration_summary, stamp
 from empg.train.sft import build_base_policy, save_base_model
 from empg.train.trajlog import log_trajectories
 
@@ -102,48 +117,28 @@ def generator_for(seed: int, iteration: int, phase: str) -> torch.Generator:
 
 
 # ============================================================================= the loop
-@dataclass(frozen=True)
-class Reducer:
-    """How :func:`rollout_phase` and :func:`update_phase` combine values over data-parallel processes; the defaults
-    are one process.
-
-    ``empg.train.distributed`` passes its rank and collectives here, which is all that separates its rollout (a
-    shard of the task groups, DAPO's rounds decided on global counts) and its update from this loop's.
-    """
-
-    sum: Callable[[float], float] = float  # Σ of a float over processes (loss denominators, loss metrics)
-    min: Callable[[int], int] = int  # min of an int over processes (so every process takes the same optimizer steps)
-    grads: Callable[[list[torch.nn.Parameter]], None] = lambda params: None  # Σ gradients over processes, in place
-    max: Callable[[int], int] = int  # max of an int over processes
-    # FSDP: every forward/backward is a collective, so every process runs as many micro-batches as the busiest one
-    # (padding with zero-loss passes); DDP's single gradient all-reduce per optimizer step does not need it
-    lockstep: bool = False
-    rank: int = 0
-    world_size: int = 1
-    gather: Callable[[Any], list] = lambda obj: [obj]  # [obj of rank 0, obj of rank 1, ...] on every process
-
-    def shard(self, n: int) -> tuple[int, int]:
-        """Contiguous, balanced ``[start, stop)`` of ``n`` items for this process (the first ``n % world`` get one
-        more)."""
-        base, extra = divmod(n, self.world_size)
-        start = self.rank * base + min(self.rank, extra)
-        return start, start + base + (1 if self.rank < extra else 0)
-
-
-LOCAL = Reducer()
-
-
-def train(cfg: TrainConfig, *, resume: bool = False, console: Any = None) -> list[dict]:
+def train(cfg: TrainConfig, *, resume: bool = False, console: Any = None, info: DistInfo | None = None) -> list[dict]:
     """Run SFT (optional) then ``cfg.iterations`` RL iterations; return the metrics rows written by this call.
+
+    The one loop for 1 ... N processes: under a multi-process launcher (``info.world_size > 1``) every rank rolls
+    out its shard of the task groups, advantages are batch-global and the update is synchronised
+    (:mod:`empg.train.distributed`); rank 0 alone evaluates, logs and checkpoints, and other ranks return ``[]``.
 
     Args:
         cfg: a validated :class:`TrainConfig`.
         resume: continue from ``cfg.run_dir``'s latest checkpoint (bit-identical on CPU to an uninterrupted run).
         console: a rich Console for the progress bar and messages (None: quiet).
+        info: this process's place in the process group (default: :func:`~empg.train.distributed.dist_info`).
     """
-    run = setup_run(cfg, resume=resume, console=console)
+    info = info or dist_info()
+    run = setup_ranks(cfg, resume=resume, console=console, info=info)
+    reduce, fsdp = reducer(info), info.enabled and cfg.optim.sharding == "fsdp"
+    if fsdp:
+        from empg.train import fsdp as fs
+
+        fs.shard_for_training(run, info)  # parameters, gradients and AdamW state sharded over the ranks
     with rollout_backends(run), _progress(run) as advance:  # vLLM engine and Ray env workers stop on any exit
-        if run.start == 0 and cfg.eval.at_start and cfg.eval.every > 0 and cfg.iterations > 0:
+        if info.is_main and run.start == 0 and cfg.eval.at_start and cfg.eval.every > 0 and cfg.iterations > 0:
             _log(run, 0, _sft_eval_metrics(run) or evaluate_phase(run, 0))
 
         for it in range(run.start, cfg.iterations):
@@ -152,55 +147,82 @@ def train(cfg: TrainConfig, *, resume: bool = False, console: Any = None) -> lis
 
             # ----------------------------------------------------------------- 1. rollout (+ DAPO dynamic sampling)
             t0 = time.perf_counter()
-            steps, trajs, roll = rollout_phase(run, it)
+            steps, trajs, roll = rollout_phase(run, it, reduce)  # N processes: this rank's shard of the groups
             metrics.update(roll)
             metrics["time/rollout"] = time.perf_counter() - t0
 
             # ----------------------------------------------------------------- 2. pack + behaviour log-probs/entropies
             t0 = time.perf_counter()
             batch = None
-            if steps:
-                batch = pack_steps(run.policy, steps)
-                ref_logp = score_phase(run, batch, it)
+            if steps or (info.enabled and roll["train/n_steps"] > 0):  # a rank with no rows still joins collectives
+                batch = pack_steps(run.policy, steps) if steps else empty_batch()
+                ref_logp = score_phase(run, batch, it) if steps else None
+                if ref_logp is None and run.ref_model is not None:
+                    ref_logp = torch.zeros_like(batch.response_mask)
                 table = step_table(cfg, batch, steps, trajs)  # per-step ids, outcomes and entropy H, computed once
-                metrics.update(entropy_metrics(batch, table, run.run_dir, it + 1))
+                if info.is_main and steps:
+                    metrics.update(entropy_metrics(batch, table, run.run_dir, it + 1))
             metrics["time/scoring"] = time.perf_counter() - t0
 
             # ----------------------------------------------------------------- 3. advantages: base (GRPO) → EMPG
             if batch is not None:
-                credit: dict = {}  # per-step base / g / f / final advantages, for the episode log
-                step_adv, adv_metrics = advantage_phase(cfg, table, it, details=credit)
+                credit: dict | None = None if info.enabled else {}  # per-step terms, for the episode log
+                step_adv, adv_metrics = global_step_advantages(cfg, table, it, info, details=credit)
                 metrics.update(adv_metrics)
-                batch.advantages = to_tokens(step_adv, batch.response_mask)
-                log_trajectories(run, batch, steps, trajs, credit, it + 1)  # run_dir/trajectories.jsonl
+                if steps:
+                    batch.advantages = to_tokens(step_adv, batch.response_mask)
+                if credit is not None:
+                    log_trajectories(run, batch, steps, trajs, credit, it + 1)  # run_dir/trajectories.jsonl
 
-            # ----------------------------------------------------------------- 4. PPO update (+ vLLM weight sync)
+            # ----------------------------------------------------------------- 4. PPO update (+ weight sync)
             t0 = time.perf_counter()
-            no_signal = cfg.optim.skip_no_signal and metrics.get("train/kept_mixed_groups", 0.0) == 0
+            no_signal = cfg.optim.skip_no_signal and metrics.get("train/kept_mixed_groups", 0.0) == 0  # global
             if batch is not None and not no_signal:
-                metrics.update(update_phase(run, batch, ref_logp, it))
-                metrics.update(sync_rollout_weights(run))
+                metrics.update(update_phase(run, batch, ref_logp, it, fsdp_reducer(info) if fsdp else reduce))
+                if fsdp:
+                    fs.sync_rollout_weights(run)  # the unsharded copy generates and scores the next iteration
+                else:
+                    metrics.update(sync_rollout_weights(run))  # into the vLLM engine (model.backend=vllm)
             else:  # DAPO kept no informative group, or (skip_no_signal) no group had mixed outcomes
                 metrics["update/skipped"] = 1.0
             metrics["time/update"] = time.perf_counter() - t0
 
-            # ----------------------------------------------------------------- 5. periodic evaluation
-            t0 = time.perf_counter()
+            # ----------------------------------------------------------------- 5. periodic evaluation (rank 0)
             last = it + 1 == cfg.iterations
-            if cfg.eval.every > 0 and ((it + 1) % cfg.eval.every == 0 or last):
-                metrics.update(evaluate_phase(run, it + 1))
-            metrics["time/eval"] = time.perf_counter() - t0
-            metrics["time/total"] = time.perf_counter() - t_start
+            save = (it + 1) % cfg.log.checkpoint_every == 0 or last
+            optimizer = fs.full_optimizer(run) if fsdp and save else run.optimizer  # a collective under FSDP
+            if info.is_main:
+                t0 = time.perf_counter()
+                if cfg.eval.every > 0 and ((it + 1) % cfg.eval.every == 0 or last):
+                    metrics.update(evaluate_phase(run, it + 1))
+                metrics["time/eval"] = time.perf_counter() - t0
+                metrics["time/total"] = time.perf_counter() - t_start
 
-            # ----------------------------------------------------------------- 6. log, then checkpoint
-            _log(run, it + 1, metrics)
-            if (it + 1) % cfg.log.checkpoint_every == 0 or last:
-                ckpt.save_checkpoint(run.run_dir, it + 1, run.policy, run.optimizer, keep=cfg.log.keep_checkpoints)
-            advance(metrics)
+                # ------------------------------------------------------------- 6. log, then checkpoint (rank 0)
+                _log(run, it + 1, metrics)
+                if save:
+                    ckpt.save_checkpoint(run.run_dir, it + 1, run.policy, optimizer, keep=cfg.log.keep_checkpoints)
+                advance(metrics)
+            barrier(info)
 
+    check_in_sync(run.policy.model, info, atol=1e-4)
+    if not info.is_main:
+        return []
     run.logger.close()
     _finish(run)
     return run.history
+
+
+def train_auto(cfg: TrainConfig, *, resume: bool = False, console: Any = None) -> list[dict]:
+    """What ``empg train`` runs: :func:`train` in one process, or on every rank under a multi-process launcher
+    (``accelerate launch`` / ``torchrun``: joins the process group first, leaves it at the end)."""
+    info = init_distributed()
+    if not info.enabled:
+        return train(cfg, resume=resume, console=console)
+    try:
+        return train(cfg, resume=resume, console=console if info.is_main else None, info=info)
+    finally:
+        torch.distributed.destroy_process_group()
 
 
 def _finish(run: Run) -> None:
@@ -274,6 +296,39 @@ def setup_run(cfg: TrainConfig, *, resume: bool = False, console: Any = None) ->
     if console is not None and latest is not None:
         console.print(f"resuming {run_dir} from {latest.name} (iteration {start})")
     return Run(cfg, run_dir, policy, optimizer, logger, start, pool, ref_model, console)
+
+
+def setup_ranks(cfg: TrainConfig, *, resume: bool, console: Any, info: DistInfo) -> Run:
+    """:func:`setup_run` in one process. Over N: rank 0 sets the run up (base model, SFT warm start, run directory),
+    the others load what it saved (:func:`_setup_worker_run`), and every rank starts from rank 0's weights."""
+    if not info.enabled:
+        return setup_run(cfg, resume=resume, console=console)
+    check_single_process_options(cfg)  # before any collective or file
+    run = setup_run(cfg, resume=resume, console=console) if info.is_main else None
+    barrier(info)
+    if run is None:
+        run = _setup_worker_run(cfg, resume)
+    broadcast_parameters(run.policy.model, info)
+    return run
+
+
+def _setup_worker_run(cfg: TrainConfig, resume: bool) -> Run:
+    """Run state of a non-main rank: the main rank's base model or latest checkpoint, no files written."""
+    from empg.envs import split_seeds
+    from empg.policy import Policy
+
+    run_dir = Path(cfg.run_dir)
+    latest = ckpt.resume_checkpoint(run_dir, quiet=True) if resume else None  # the one rank 0 chose
+    dtype = model_dtype(cfg.model.dtype)
+    policy = Policy.load(latest or run_dir / "base_model", device=cfg.model.device, dtype=dtype)
+    policy.model.eval()
+    ref_model = None
+    if cfg.algo.kl_coef > 0:
+        ref_model = Policy.load(run_dir / "base_model", device=cfg.model.device, dtype=dtype).model.eval()
+        ref_model.requires_grad_(False)
+    opt = make_optimizer(policy.model, cfg.optim.lr, cfg.optim.weight_decay)
+    start = ckpt.restore_checkpoint(latest, opt)["iteration"] if latest is not None else 0
+    return Run(cfg, run_dir, policy, opt, None, start, split_seeds("train", cfg.env.train_pool), ref_model, None)
 
 
 def _quiet_transformers() -> None:
@@ -750,30 +805,8 @@ def _progress(run: Run) -> Iterator[Any]:
     if run.console is None or not run.cfg.log.progress:
         yield lambda metrics: None
         return
-    from empg.train.progress import Progress
-
     with Progress(run.console, "RL", run.cfg.iterations, completed=run.start, unit="its") as progress:
         yield lambda m: progress.line(progress.done + 1, iteration_summary(m))
 
 
-def iteration_summary(m: dict[str, Any]) -> str:
-    """One line of an iteration's metrics: training success, return, invalid rate, mixed groups, entropy, KL,
-    seconds per phase, and the evaluation when there was one."""
-    parts = [
-        f"success {m.get('train/success', 0):.0%}",
-        f"return {m.get('train/return', 0):.2f}",
-        f"invalid {m.get('train/invalid_rate', 0):.0%}",
-        f"mixed {m.get('train/mixed_groups', 0):.0f}/{m.get('dapo/kept_groups', 0):.0f} kept",
-        f"H {m.get('entropy/token_mean', 0):.3f}",
-    ]
-    if "actor/approx_kl" in m:
-        parts.append(f"kl {m['actor/approx_kl']:.1e}")
-    secs = "/".join(f"{m.get(f'time/{k}', 0):.0f}" for k in ("rollout", "scoring", "update", "eval"))
-    parts.append(f"s {secs}")
-    for split in ("eval_train", "eval_in", "eval_out"):
-        if f"{split}/success" in m:
-            parts.append(f"{split} {m[f'{split}/success']:.1%}")
-    return " | ".join(parts)
-
-
-__all__ = ["Run", "setup_run", "train"]
+__all__ = ["Run", "setup_run", "train", "train_auto"]
