@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from empg.cli import main
 from empg.eval.runlog import read_metrics
-from empg.train import rl
+from empg.train import advantage, rl
 from empg.train.config import load_config
 from empg.train.metrics import NonFiniteError
 
@@ -124,7 +124,7 @@ def test_nan_advantage_stops_before_any_optimizer_step(tmp_path, tiny_model_dir,
         final[0] = float("nan")
         return final, st
 
-    monkeypatch.setattr(empg.algos, "empg_transform_with_stats", poisoned)
+    monkeypatch.setattr(advantage, "empg_transform_with_stats", poisoned)  # where the advantage phase calls it
     cfg = load_config(None, fast(tmp_path / "run", tiny_model_dir, "algo.empg=true"))
     with pytest.raises(NonFiniteError, match=r"iteration 0: .* in advantages"):
         rl.train(cfg)

@@ -211,10 +211,9 @@ def _fake_run(overrides, pool):
 
 
 def test_dynamic_sampling_resamples_until_enough_informative_groups(monkeypatch):
-    import empg.rollout
 
     fake = FakeCollect(informative={0, 3, 5})
-    monkeypatch.setattr(empg.rollout, "collect", fake)
+    monkeypatch.setattr(rl, "collect", fake)  # the name collect_round calls
     run = _fake_run(["algo.base=dapo", "algo.max_resample_rounds=10"], pool=list(range(8)))
     steps, trajs, m = rl.rollout_phase(run, 0)
     assert m["dapo/kept_groups"] == 2 and len({t.group_id for t in trajs}) == 2
@@ -228,10 +227,9 @@ def test_dynamic_sampling_resamples_until_enough_informative_groups(monkeypatch)
 
 
 def test_dynamic_sampling_gives_up_after_max_rounds(monkeypatch):
-    import empg.rollout
 
     fake = FakeCollect(informative=set())
-    monkeypatch.setattr(empg.rollout, "collect", fake)
+    monkeypatch.setattr(rl, "collect", fake)  # the name collect_round calls
     run = _fake_run(["algo.base=dapo", "algo.max_resample_rounds=3"], pool=list(range(8)))
     steps, trajs, m = rl.rollout_phase(run, 0)
     assert steps == [] and trajs == [] and len(fake.calls) == 4 and m["dapo/rounds"] == 4

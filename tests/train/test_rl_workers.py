@@ -81,7 +81,7 @@ def test_a_dead_env_worker_fails_its_episodes_and_training_goes_on(
             kwargs["progress"] = lambda turn, n_live: turn == 1 and envs[0]._pool.kill_worker(1)
         return real(policy, envs, seeds, **kwargs)
 
-    monkeypatch.setattr(empg.rollout, "collect_with_envs", kill_worker_1_in_the_first_rollout)
+    monkeypatch.setattr(rl, "collect_with_envs", kill_worker_1_in_the_first_rollout)
     rows = rl.train(load_config(None, fast(tmp_path / "run", tiny_model_dir, "rollout.env_workers=2")))
     first, second = rows
     assert first["train/failed_episodes"] == 2.0 and first["rollout/lost_env_calls"] == 2.0
@@ -111,7 +111,7 @@ def test_a_hung_env_worker_is_timed_out_and_training_goes_on(
         took.append(time.monotonic() - start)
         return out
 
-    monkeypatch.setattr(empg.rollout, "collect_with_envs", hang_worker_1_in_the_first_rollout)
+    monkeypatch.setattr(rl, "collect_with_envs", hang_worker_1_in_the_first_rollout)
     overrides = fast(tmp_path / "run", tiny_model_dir, "rollout.env_workers=2", "rollout.env_step_timeout=3")
     first, second = rl.train(load_config(None, overrides))
     assert first["rollout/hung_env_calls"] == 1.0 and first["rollout/lost_env_calls"] == 2.0

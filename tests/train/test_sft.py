@@ -8,6 +8,7 @@ import pytest
 
 from empg.cli import main
 from empg.envs import make, split_seeds
+from empg.train import sft
 from empg.train.sft import collect_demos, encode_response, sft_train
 
 
@@ -156,7 +157,7 @@ def _spy_on_envs(monkeypatch) -> list:
         env.expert_action, env.step = expert_action, step
         return env
 
-    monkeypatch.setattr(empg.envs, "make", spying_make)
+    monkeypatch.setattr(sft, "make", spying_make)  # the name collect_demos looks up
     return log
 
 

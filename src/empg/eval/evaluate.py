@@ -17,6 +17,7 @@ import torch
 from empg.envs import split_seeds
 from empg.eval.stats import SuccessStats, success_table
 from empg.policy.sampling import SamplingParams
+from empg.rollout import collect
 
 EVAL_SAMPLING = SamplingParams(temperature=0.4)  # evaluate_policy's default: the presets' eval.temperature
 
@@ -119,7 +120,6 @@ def evaluate_policy(
             (``rollout.constrain_actions``, ``rollout.constrain_scope``).
         show_admissible: list the admissible actions in the prompts (``rollout.show_admissible``).
     """
-    from empg.rollout import collect
 
     seeds = eval_seeds(split, episodes, train_pool)
     generator = torch.Generator().manual_seed(seed)

@@ -21,6 +21,7 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from empg.eval.evaluate import EvalReport
 from empg.eval.runlog import METRICS, STEP_ENTROPY, read_metrics  # noqa: E402
 from empg.eval.stats import PairedDifference, paired_difference, wilson_interval  # noqa: E402
 
@@ -60,7 +61,6 @@ class EvalPoint:
 def read_evaluations(run_dir: Path, split: str) -> list[EvalPoint]:
     """Every evaluation of ``split`` in iteration order: from ``eval/<split>_iter_XXXX.json`` (per-seed outcomes,
     Wilson interval) where written, else from ``metrics.jsonl`` (rate and episode count; no outcomes)."""
-    from empg.eval.evaluate import EvalReport
 
     points: dict[int, EvalPoint] = {}
     for row in read_metrics(run_dir):

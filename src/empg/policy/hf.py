@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from empg.policy.constrain import ActionConstraint, TokenTrie
+from empg.policy.kv_cache import BufferedLayer
 from empg.policy.sampling import DEFAULT_SAMPLING, SamplingParams
 from empg.policy.tiny import build_tiny_model
 from empg.policy.tokenizer import corpus_hash, train_tokenizer
@@ -342,8 +343,6 @@ def _ragged_prefill(model: Any, prompts: list[list[int]], device, room: int = 0)
     :class:`transformers.DynamicCache` of full-attention layers (then the caller uses one padded batch)."""
     from transformers import DynamicCache
     from transformers.cache_utils import Cache, DynamicLayer
-
-    from empg.policy.kv_cache import BufferedLayer
 
     caches, logits = [], []
     for p in prompts:

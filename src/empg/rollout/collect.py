@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from empg.envs import make
 from empg.policy.constrain import ActionConstraint
 from empg.policy.sampling import DEFAULT_SAMPLING, SamplingParams
 from empg.rollout import prompts
@@ -104,7 +105,6 @@ def collect(
             the admissible actions' templated expert responses, thought included: :func:`action_constraint`).
         show_admissible: list the admissible actions in the prompt (they still constrain decoding when hidden).
     """
-    from empg.envs import make
 
     if group_size < 1:
         raise ValueError(f"group_size must be >= 1, got {group_size}")

@@ -33,6 +33,16 @@ from typing import Any
 
 import numpy as np
 
+from empg.eval.evaluate import eval_seeds
+from empg.eval.plots import _save
+from empg.policy import Policy
+from empg.rollout import collect
+from empg.train.backends import rollout_settings
+from empg.train.batch import StepBatch
+from empg.train.checkpoint import resolve_model_dir
+from empg.train.config import load_run_config
+from empg.train.forward import forward_logits
+
 
 # ============================================================================= the quantities
 def score_norms(logits: Any, tokens: Any, *, temperature: float = 1.0, chunk_size: int = 256) -> dict[str, Any]:
@@ -115,9 +125,6 @@ def score_steps(policy: Any, steps: list, won: dict[int, bool], temperature: flo
     """
     import torch
 
-    from empg.train.batch import StepBatch
-    from empg.train.forward import forward_logits
-
     pad = policy.tokenizer.pad_token_id if policy.tokenizer.pad_token_id is not None else 0
     batch = StepBatch.from_records(steps, int(pad))
     start, width = batch.response_start, batch.input_ids.shape[1]
@@ -178,9 +185,6 @@ def run_prop1(
     Raises:
         FileNotFoundError: no saved model in the run; ValueError: ``episodes < 1`` or no step was collected.
     """
-    from empg.policy import Policy
-    from empg.train.checkpoint import resolve_model_dir
-    from empg.train.config import load_run_config
 
     if episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {episodes}")
@@ -220,10 +224,6 @@ def rollout_steps(policy: Any, cfg: Any, split: str, episodes: int, seed: int) -
     """
     import torch
 
-    from empg.eval.evaluate import eval_seeds
-    from empg.rollout import collect
-    from empg.train.backends import rollout_settings
-
     torch.manual_seed(seed)
     result = collect(
         policy,
@@ -260,8 +260,6 @@ def plot_prop1(values: StepValues, out: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from empg.eval.plots import _save
 
     means = step_means(values)
     success = np.array([s["success"] for s in values.steps], dtype=bool)

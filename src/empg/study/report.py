@@ -37,6 +37,10 @@ from typing import Any
 
 import numpy as np
 
+from empg.eval.evaluate import metric_key
+from empg.eval.plots import _save, read_step_entropies
+from empg.eval.runlog import read_metrics
+
 DEFAULT_SPLITS = ("eval_in", "eval_out")
 CONFIDENCE = 0.95
 N_RESAMPLES = 9999
@@ -140,7 +144,6 @@ def count_env_steps(rows: list[dict], config: dict) -> int | None:
 
 def load_run(sweep_dir: Path, record: dict, splits: list[str] | None = None) -> RunResult:
     """A :class:`RunResult` from a run record of sweep.json (metrics read up to its planned iterations)."""
-    from empg.eval.runlog import read_metrics
 
     run_dir = sweep_dir / record["run_dir"]
     result = RunResult(
@@ -413,8 +416,6 @@ def _panels(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from empg.eval.plots import _save
-
     fig, axes = plt.subplots(1, len(keys), figsize=(4.8 * len(keys), 3.6), squeeze=False)
     for ax, (key, title) in zip(axes[0], keys, strict=True):
         for variant, runs in groups.items():
@@ -441,8 +442,6 @@ def _gf_panels(groups: dict[str, list[RunResult]], out: Path) -> Path | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from empg.eval.plots import _save
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), squeeze=False)
     drawn = False
@@ -474,8 +473,6 @@ def _entropy_panels(groups: dict[str, list[RunResult]], out: Path) -> Path | Non
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from empg.eval.plots import _save, read_step_entropies
 
     data = {}
     for variant, runs in groups.items():
@@ -547,7 +544,6 @@ def make_report(sweep_dir: str | Path, out: str | Path | None = None) -> list[Pa
 def _config_splits(config: dict) -> list[str]:
     """The metric prefixes of a run's ``eval.splits``: ``eval_in``, ``eval_out``, and ``eval_train`` for its ``train``
     split (``train/*`` are the training rollouts' metrics, not an evaluation)."""
-    from empg.eval.evaluate import metric_key
 
     return [metric_key(s) for s in config.get("eval", {}).get("splits", DEFAULT_SPLITS)]
 

@@ -52,6 +52,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from empg.train.checkpoint import latest_checkpoint, load_state
 from empg.train.config import ConfigError, load_config, load_run_config, to_dict
 
 GRID_KEYS = ("name", "config", "common", "sft", "methods", "axes", "seeds", "baseline")
@@ -328,7 +329,6 @@ def _sft_done(sft_dir: Path) -> bool:
 
 def _progress_of(run_dir: Path) -> tuple[int, int]:
     """(iterations the done-marker records or -1, iteration of the latest checkpoint or 0)."""
-    from empg.train.checkpoint import latest_checkpoint, load_state
 
     marker = run_dir / DONE_MARKER
     done = json.loads(marker.read_text()).get("iterations", -1) if marker.is_file() else -1

@@ -13,6 +13,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from empg.algos import (
+    anchor_advantages,
+    anchor_sets,
+    broadcast_to_tokens,
+    discounted_step_returns,
+    empg_transform_with_stats,
+    grpo_advantages,
+    overlong_penalty,
+    step_entropy,
+    step_level_grpo_advantages,
+    trajectory_returns,
+)
 from empg.train.config import TrainConfig
 from empg.train.metrics import check_finite, stats
 
@@ -23,7 +35,6 @@ def episode_returns(cfg: TrainConfig, trajs: list) -> tuple[torch.Tensor, torch.
     With ``algo.overlong_buffer`` > 0 (DAPO's soft overlong punishment, per step here), each step whose response is
     longer than ``rollout.max_new_tokens - overlong_buffer`` tokens adds ``overlong_penalty`` times
     :func:`empg.algos.overlong_penalty` (in [-1, 0]) to its trajectory's return."""
-    from empg.algos import overlong_penalty, trajectory_returns
 
     outcome = torch.tensor([float(t.outcome) for t in trajs], dtype=torch.float64)
     n_invalid = torch.tensor([float(t.n_invalid) for t in trajs], dtype=torch.float64)
@@ -45,7 +56,6 @@ def episode_returns(cfg: TrainConfig, trajs: list) -> tuple[torch.Tensor, torch.
 def step_entropies(cfg: TrainConfig, batch: Any) -> torch.Tensor:
     """Per-step entropy H (B,) from the behaviour token entropies, per ``algo.step_entropy`` (``"mean"`` when EMPG is
     off: the Rényi-2 token values exist only for EMPG)."""
-    from empg.algos import step_entropy
 
     mode = cfg.algo.step_entropy if cfg.algo.empg else "mean"
     mask = batch.response_mask
@@ -133,7 +143,6 @@ def advantage_phase(
     EMPG is on, ``"h"`` (step entropy), ``"g"`` and ``"f"`` (:class:`empg.algos.empg.EMPGStats`; f is 0 on a last
     step). :mod:`empg.train.trajlog` logs them per episode.
     """
-    from empg.algos import empg_transform_with_stats, grpo_advantages, step_level_grpo_advantages
 
     returns, group_id, step_traj = table.returns, table.group_id, table.traj
     if cfg.algo.grpo_stats == "steps":
@@ -183,7 +192,6 @@ def anchor_credit(cfg: TrainConfig, table: StepTable) -> tuple[torch.Tensor, dic
     Step rewards follow the episode return: ``reward_scale · outcome`` on the last step, ``-invalid_penalty`` on each
     invalid step, so the undiscounted return to go of a trajectory's first step is its episode return.
     """
-    from empg.algos import anchor_advantages, anchor_sets, discounted_step_returns
 
     outcome = table.outcome[table.traj]
     last, invalid = table.is_last.to(torch.float64), (~table.valid).to(torch.float64)
@@ -211,6 +219,5 @@ def _adv_split(tag: str, adv: torch.Tensor, success: torch.Tensor) -> dict[str, 
 
 def to_tokens(step_values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Each step's value on every response token of its row (B, L), in the mask's dtype."""
-    from empg.algos import broadcast_to_tokens
 
     return broadcast_to_tokens(step_values.to(mask.dtype), mask)

@@ -28,6 +28,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from empg.algos.empg import DEFAULT_PARAMS as EMPG_DEFAULTS
 from empg.algos.empg import EMPGParams
+from empg.envs import list_envs, make, split_seeds
+from empg.train.warmstart import WarmStartError, resolve, verify
 
 
 class ConfigError(ValueError):
@@ -575,7 +577,6 @@ def validate(cfg: TrainConfig, *, extras: bool = True) -> TrainConfig:
 
 def _check_init(init: str) -> None:
     """``model.init`` names a warm start whose files match its manifest (hashes checked here, before any work)."""
-    from empg.train.warmstart import WarmStartError, resolve, verify
 
     try:
         verify(resolve(init))
@@ -585,7 +586,6 @@ def _check_init(init: str) -> None:
 
 def _check_admissible(cfg: TrainConfig) -> None:
     """``rollout.constrain_actions`` needs an env that lists admissible actions: reset one and look."""
-    from empg.envs import make, split_seeds
 
     try:
         env = make(cfg.env.id, "train", **cfg.env.kwargs)
@@ -634,7 +634,6 @@ def _check_extras(cfg: TrainConfig) -> None:
 def _check_env_id(env_id: str) -> None:
     if ":" in env_id:
         return
-    from empg.envs import list_envs
 
     known = list_envs()
     close = difflib.get_close_matches(env_id, known, n=3)

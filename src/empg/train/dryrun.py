@@ -24,7 +24,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from empg.envs import make, split_seeds
+from empg.policy.hf import SMOLLM_SPEC, TINY_SPECS, default_cache_dir
+from empg.policy.tiny import PRESETS
+from empg.rollout.prompts import build_messages
 from empg.train.config import TrainConfig
+from empg.train.distributed import check_single_process_options
+from empg.train.warmstart import resolve
 
 GIB = 1024**3
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -219,7 +225,6 @@ def _json_config(path: Path, source: str) -> Arch | None:
 
 def _tiny_cache_dir(cfg: TrainConfig) -> Path | None:
     """An existing cached build of the tiny spec (for its tokenizer); nothing is built."""
-    from empg.policy.hf import default_cache_dir
 
     cache = Path(cfg.model.cache_dir) if cfg.model.cache_dir else default_cache_dir()
     found = sorted(cache.glob(f"{cfg.model.spec}-seed{cfg.seed}-*/config.json"), key=lambda p: p.stat().st_mtime)
@@ -232,13 +237,10 @@ def resolve_model(cfg: TrainConfig) -> tuple[Arch | None, Path | str | None, lis
     Never downloads: Hugging Face ids are looked up with ``local_files_only=True`` and fall back to
     :data:`KNOWN_ARCHS`.
     """
-    from empg.policy.hf import SMOLLM_SPEC, TINY_SPECS, default_cache_dir
 
     notes: list[str] = []
     spec = cfg.model.spec
     if cfg.model.init is not None:
-        from empg.train.warmstart import resolve
-
         path = resolve(cfg.model.init)
         arch = _json_config(path, f"config.json of warm start {path}")
         if arch is not None:
@@ -246,8 +248,6 @@ def resolve_model(cfg: TrainConfig) -> tuple[Arch | None, Path | str | None, lis
         notes.append(f"warm start {path} has no readable config.json; using model.spec={spec}")
     if spec in TINY_SPECS:
         from transformers import Qwen2Config
-
-        from empg.policy.tiny import PRESETS
 
         cached = _tiny_cache_dir(cfg)
         vocab = 2048  # train_tokenizer's default vocabulary
@@ -319,8 +319,6 @@ def first_prompt(cfg: TrainConfig) -> tuple[list[dict], str, int, int]:
     Returns:
         (messages, observation, the env's turn limit, number of admissible actions listed).
     """
-    from empg.envs import make, split_seeds
-    from empg.rollout.prompts import build_messages
 
     env = make(cfg.env.id, "train", max_turns=cfg.env.max_turns, **cfg.env.kwargs)
     try:
@@ -467,8 +465,6 @@ def build_plan(cfg: TrainConfig) -> list[str]:
 def dry_run(cfg: TrainConfig, console: Any) -> int:
     """Print the plan of ``cfg`` (validated by the caller with :func:`load_config`); returns the exit code 0."""
     if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
-        from empg.train.distributed import check_single_process_options
-
         check_single_process_options(cfg)  # the multi-process launcher's own checks, before any work
     for line in build_plan(cfg):
         console.print(line, markup=False, highlight=False, soft_wrap=True)

@@ -49,11 +49,19 @@ from typing import Any
 
 import torch
 
+from empg.algos import agg_loss, entropy_loss, filter_groups, kl_penalty, policy_loss
+from empg.algos.entropy import token_renyi2
+from empg.envs import split_seeds
 from empg.eval.evaluate import EvalReport, eval_sampling_seed, evaluate_with_config, save_report
+from empg.eval.plots import plot_runs
 from empg.eval.runlog import METRICS, STEP_ENTROPY, TRAJECTORIES
+from empg.policy import Policy
+from empg.rollout import collect, collect_with_envs
 from empg.train import checkpoint as ckpt
+from empg.train import fsdp as fs
 from empg.train.advantage import StepTable, episode_returns, step_table, to_tokens
-from empg.train.backends import rollout_backends, rollout_settings, sync_rollout_weights
+from empg.train.backends import rescores, rollout_backends, rollout_settings, sync_rollout_weights
+from empg.train.batch import StepBatch
 from empg.train.config import TrainConfig, to_yaml
 from empg.train.distributed import (
     LOCAL,
@@ -74,8 +82,10 @@ from empg.train.forward import response_logits, response_logprobs
 from empg.train.metrics import MetricsLogger, NonFiniteError, check_finite, masked_mean, truncate_jsonl
 from empg.train.optim import make_optimizer, model_dtype
 from empg.train.progress import Progress, iteration_summary, stamp
+from empg.train.schedule import lr_factor
 from empg.train.sft import build_base_policy, save_base_model
 from empg.train.trajlog import log_trajectories
+from empg.train.warmstart import install
 
 PHASES = {"tasks": 1, "rollout": 2, "shuffle": 3, "eval": 4, "sft": 5}
 
@@ -134,8 +144,6 @@ def train(cfg: TrainConfig, *, resume: bool = False, console: Any = None, info: 
     run = setup_ranks(cfg, resume=resume, console=console, info=info)
     reduce, fsdp = reducer(info), info.enabled and cfg.optim.sharding == "fsdp"
     if fsdp:
-        from empg.train import fsdp as fs
-
         fs.shard_for_training(run, info)  # parameters, gradients and AdamW state sharded over the ranks
     with rollout_backends(run), _progress(run) as advance:  # vLLM engine and Ray env workers stop on any exit
         if info.is_main and run.start == 0 and cfg.eval.at_start and cfg.eval.every > 0 and cfg.iterations > 0:
@@ -228,8 +236,6 @@ def train_auto(cfg: TrainConfig, *, resume: bool = False, console: Any = None) -
 def _finish(run: Run) -> None:
     """Plots of the run (when ``log.plots``) and a closing line on the console."""
     if run.cfg.log.plots:
-        from empg.eval.plots import plot_runs
-
         paths = plot_runs([run.run_dir])
         if run.console is not None:
             run.console.print(f"plots: {', '.join(str(p) for p in paths)}")
@@ -240,8 +246,6 @@ def _finish(run: Run) -> None:
 # ============================================================================= setup
 def setup_run(cfg: TrainConfig, *, resume: bool = False, console: Any = None) -> Run:
     """Directories, policy (built, SFT-warmed or restored), reference model, optimizer, logger, start iteration."""
-    from empg.envs import split_seeds
-    from empg.policy import Policy
 
     _quiet_transformers()
     run_dir = Path(cfg.run_dir)
@@ -260,8 +264,6 @@ def setup_run(cfg: TrainConfig, *, resume: bool = False, console: Any = None) ->
     base_dir = run_dir / "base_model"
     if latest is None and not (base_dir / "config.json").is_file():
         if cfg.model.init is not None:  # a shipped (hash-verified) warm start: no build, no SFT
-            from empg.train.warmstart import install
-
             install(cfg.model.init, base_dir)
             if console is not None:
                 console.print(f"warm start: {cfg.model.init} (verified against its manifest) -> {base_dir}")
@@ -314,8 +316,6 @@ def setup_ranks(cfg: TrainConfig, *, resume: bool, console: Any, info: DistInfo)
 
 def _setup_worker_run(cfg: TrainConfig, resume: bool) -> Run:
     """Run state of a non-main rank: the main rank's base model or latest checkpoint, no files written."""
-    from empg.envs import split_seeds
-    from empg.policy import Policy
 
     run_dir = Path(cfg.run_dir)
     latest = ckpt.resume_checkpoint(run_dir, quiet=True) if resume else None  # the one rank 0 chose
@@ -364,7 +364,6 @@ def rollout_phase(run: Run, it: int, reduce: Reducer = LOCAL) -> tuple[list, lis
         (steps, trajectories, metrics) of this process. Group ``g`` of the iteration (over all rounds) has id ``g``,
         its trajectories ``g * group_size + k``. ``steps`` is empty when dynamic sampling found no informative group.
     """
-    from empg.algos import filter_groups
 
     cfg = run.cfg
     lost_calls, hung_calls = (run.env_pool.lost_calls, run.env_pool.hung_calls) if run.env_pool is not None else (0, 0)
@@ -463,7 +462,6 @@ def mixed_groups(cfg: TrainConfig, trajs: list) -> int:
 def collect_round(run: Run, seeds: list[int], generator: torch.Generator) -> Any:
     """Roll out ``group_size`` copies of each task in ``seeds`` (group ``g`` = ``seeds[g]``): envs built in this
     process, or the run's Ray env pool (reset with the same seeds, so the rollouts are the same)."""
-    from empg.rollout import collect, collect_with_envs
 
     cfg = run.cfg
     settings = rollout_settings(cfg, generator)  # records behaviour log-probs unless the scoring pass recomputes
@@ -495,7 +493,6 @@ def renumber_groups(steps: list, trajs: list, group_offset: int, group_size: int
 # ============================================================================= 2. packing and scoring
 def pack_steps(policy: Any, steps: list) -> Any:
     """StepBatch of the step records (row i ↔ ``steps[i]``)."""
-    from empg.train.batch import StepBatch
 
     return StepBatch.from_records(steps, _pad_id(policy))
 
@@ -511,7 +508,6 @@ def score_phase(run: Run, batch: Any, it: int) -> torch.Tensor | None:
     """Behaviour log-probs and entropies in ``batch.old_logprobs`` / ``batch.token_entropy`` (rollout temperature):
     recomputed here when :func:`~empg.train.backends.rescores`, else the ones recorded during generation (packed
     from the step records). Returns the reference log-probs (B, L) when ``kl_coef > 0``, else None."""
-    from empg.train.backends import rescores
 
     cfg = run.cfg
     rescore = rescores(cfg)
@@ -553,7 +549,6 @@ def token_renyi2_of(model: torch.nn.Module, batch: Any, cfg: TrainConfig) -> tor
 
     Micro-batches take rows in length order and are computed at their own width, as in :func:`score_phase`.
     """
-    from empg.algos.entropy import token_renyi2
 
     out = torch.zeros_like(batch.response_mask)
     P = batch.response_start
@@ -661,7 +656,6 @@ def optimizer_steps(opt: torch.optim.Optimizer) -> int:
 
 def set_lr(opt: torch.optim.Optimizer, cfg: TrainConfig, step: int) -> float:
     """Set the learning rate of optimizer step ``step`` (0-based) from ``optim.lr``, its warm-up and schedule."""
-    from empg.train.schedule import lr_factor
 
     planned = cfg.iterations * cfg.algo.ppo_epochs * cfg.optim.mini_batches
     lr = cfg.optim.lr * lr_factor(step, planned, cfg.optim.schedule, cfg.optim.warmup_steps)
@@ -672,7 +666,6 @@ def set_lr(opt: torch.optim.Optimizer, cfg: TrainConfig, step: int) -> float:
 
 def _micro_backward(run: Run, batch: Any, idx: torch.Tensor, ref_logp: Any, denom: float, it: int, add: Any) -> None:
     """Loss of micro-batch ``idx`` (normalised by the mini-batch ``denom``), NaN guard, backward; metrics to ``add``."""
-    from empg.algos import agg_loss, entropy_loss, kl_penalty, policy_loss
 
     cfg = run.cfg
     micro = batch.select(idx)

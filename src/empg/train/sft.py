@@ -32,16 +32,22 @@ from typing import Any
 
 import torch
 
+from empg.envs import make, split_seeds
 from empg.eval.evaluate import eval_sampling_seed, evaluate_with_config, metric_key, render_report
+from empg.policy import Policy
 from empg.policy.sampling import SamplingParams
+from empg.rollout import collect, prompts
+from empg.rollout.collect import INVALID_ACTION
 from empg.rollout.corpus import env_corpus
 from empg.train import checkpoint as ckpt
-from empg.train.config import TrainConfig
+from empg.train.batch import sft_batch
+from empg.train.config import TrainConfig, to_dict, to_yaml
 from empg.train.forward import response_logprobs
 from empg.train.metrics import check_finite
 from empg.train.optim import make_optimizer, model_dtype
-from empg.train.progress import stamp
+from empg.train.progress import Progress, stamp
 from empg.train.schedule import lr_factor
+from empg.train.warmstart import export as export_warmstart
 
 
 @dataclass
@@ -82,9 +88,6 @@ def collect_demos(
     cloned policy that makes one tends to repeat it until the turn limit.
     """
     import random
-
-    from empg.envs import make
-    from empg.rollout import prompts
 
     demos: list[Demo] = []
     for seed in seeds:
@@ -162,9 +165,6 @@ def expert_labels(
         RuntimeError: when the replay disagrees with the record (``won``/``valid`` differ): the env is not
             deterministic given its seed and actions, so its labels would be for other states.
     """
-    from empg.envs import make
-    from empg.rollout import prompts
-    from empg.rollout.collect import INVALID_ACTION
 
     by_traj: dict[int, list[Any]] = {}
     for rec in steps:
@@ -227,7 +227,6 @@ def sft_train(
             continues after its step (the result is the one of an uninterrupted call, bit for bit), one of other
             demos or settings is deleted.
     """
-    from empg.train.batch import sft_batch
 
     if not demos:
         raise ValueError("no demonstrations to train on; raise sft.episodes")
@@ -332,7 +331,6 @@ def length_grouped_order(
 
 def run_sft(policy: Any, cfg: TrainConfig, run_dir: Path, *, console: Any = None) -> dict:
     """Demos → behaviour cloning → evaluation; writes ``run_dir/sft.json`` and returns its content."""
-    from empg.envs import split_seeds
 
     run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -410,8 +408,6 @@ def _dagger(policy: Any, cfg: TrainConfig, demos: list[Demo], console: Any, run_
     """``sft.dagger_rounds`` rounds of: roll out the policy on fresh train seeds (rollout temperature), label the
     visited states with the expert (:func:`expert_labels`), train on all demos so far. Returns one dict per round
     (its rollout success is the policy's before that round's training)."""
-    from empg.envs import split_seeds
-    from empg.rollout import collect
 
     n, per = cfg.sft.episodes, cfg.sft.dagger_episodes
     all_seeds = split_seeds("train", n + cfg.sft.dagger_rounds * per, start=cfg.sft.seed_offset)
@@ -472,7 +468,6 @@ class _sft_progress:  # noqa: N801 - used like a function
     def __enter__(self):
         if self.console is None:
             return None
-        from empg.train.progress import Progress
 
         self._p = Progress(self.console, self.label, self.total, every=self.every).__enter__()
         return lambda step, loss: self._p.update(step + 1, f"loss {loss:.3f}")
@@ -487,9 +482,6 @@ def run_sft_command(cfg: TrainConfig, *, console: Any = None, export: Path | Non
     ``run_dir/base_model`` (RL starts from it); with ``export``, also write it there as a warm start with a manifest
     (:mod:`empg.train.warmstart`) whose ``rebuild`` entry is ``command``."""
     from dataclasses import replace
-
-    from empg.train.config import to_dict, to_yaml
-    from empg.train.warmstart import export as export_warmstart
 
     cfg = replace(cfg, model=replace(cfg.model, init=None))
     run_dir = Path(cfg.run_dir)
@@ -509,7 +501,6 @@ def run_sft_command(cfg: TrainConfig, *, console: Any = None, export: Path | Non
 
 def build_base_policy(cfg: TrainConfig, *, console: Any = None) -> Any:
     """Build the model from ``model.spec`` and, when ``sft.enabled``, warm-start it by behaviour cloning."""
-    from empg.policy import Policy
 
     policy = Policy.from_spec(
         cfg.model.spec,
