@@ -57,6 +57,7 @@ from empg.eval.plots import plot_runs
 from empg.eval.runlog import METRICS, STEP_ENTROPY, TRAJECTORIES
 from empg.policy import Policy
 from empg.rollout import collect, collect_with_envs
+from empg.rollout.types import RolloutResult, StepRecord
 from empg.train import checkpoint as ckpt
 from empg.train import fsdp as fs
 from empg.train.advantage import StepTable, episode_returns, step_table, to_tokens
@@ -96,7 +97,7 @@ class Run:
 
     cfg: TrainConfig
     run_dir: Path
-    policy: Any
+    policy: Policy
     optimizer: torch.optim.Optimizer
     logger: MetricsLogger
     start: int
@@ -459,7 +460,7 @@ def mixed_groups(cfg: TrainConfig, trajs: list) -> int:
     return sum(hi > lo for lo, hi in spread.values())
 
 
-def collect_round(run: Run, seeds: list[int], generator: torch.Generator) -> Any:
+def collect_round(run: Run, seeds: list[int], generator: torch.Generator) -> RolloutResult:
     """Roll out ``group_size`` copies of each task in ``seeds`` (group ``g`` = ``seeds[g]``): envs built in this
     process, or the run's Ray env pool (reset with the same seeds, so the rollouts are the same)."""
 
@@ -491,20 +492,20 @@ def renumber_groups(steps: list, trajs: list, group_offset: int, group_size: int
 
 
 # ============================================================================= 2. packing and scoring
-def pack_steps(policy: Any, steps: list) -> Any:
+def pack_steps(policy: Policy, steps: list[StepRecord]) -> StepBatch:
     """StepBatch of the step records (row i ↔ ``steps[i]``)."""
 
     return StepBatch.from_records(steps, _pad_id(policy))
 
 
-def _pad_id(policy: Any) -> int:
+def _pad_id(policy: Policy) -> int:
     tok = policy.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     return int(pad if pad is not None else 0)
 
 
 @torch.no_grad()
-def score_phase(run: Run, batch: Any, it: int) -> torch.Tensor | None:
+def score_phase(run: Run, batch: StepBatch, it: int) -> torch.Tensor | None:
     """Behaviour log-probs and entropies in ``batch.old_logprobs`` / ``batch.token_entropy`` (rollout temperature):
     recomputed here when :func:`~empg.train.backends.rescores`, else the ones recorded during generation (packed
     from the step records). Returns the reference log-probs (B, L) when ``kl_coef > 0``, else None."""
@@ -535,7 +536,7 @@ def score_phase(run: Run, batch: Any, it: int) -> torch.Tensor | None:
     return ref
 
 
-def by_length(batch: Any, rows: torch.Tensor) -> torch.Tensor:
+def by_length(batch: StepBatch, rows: torch.Tensor) -> torch.Tensor:
     """``rows`` reordered by their number of real tokens (stable), so consecutive micro-batches hold rows of similar
     length and :func:`empg.train.forward.response_logprobs` computes each at its own width instead of the batch's.
     Gradient sums and per-row results do not depend on the grouping."""
@@ -544,7 +545,7 @@ def by_length(batch: Any, rows: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def token_renyi2_of(model: torch.nn.Module, batch: Any, cfg: TrainConfig) -> torch.Tensor:
+def token_renyi2_of(model: torch.nn.Module, batch: StepBatch, cfg: TrainConfig) -> torch.Tensor:
     """Rényi-2 entropy −log Σ p² of each response token's distribution (B, L), 0 off the response mask.
 
     Micro-batches take rows in length order and are computed at their own width, as in :func:`score_phase`.
@@ -563,7 +564,7 @@ def token_renyi2_of(model: torch.nn.Module, batch: Any, cfg: TrainConfig) -> tor
 LOSS_KEYS = ("loss/pg", "loss/kl", "loss/entropy", "loss/total")
 
 
-def update_phase(run: Run, batch: Any, ref_logp: torch.Tensor | None, it: int, reduce: Reducer = LOCAL) -> dict:
+def update_phase(run: Run, batch: StepBatch, ref_logp: torch.Tensor | None, it: int, reduce: Reducer = LOCAL) -> dict:
     """PPO epochs over shuffled mini-batches; micro-batch gradient accumulation; grad clipping.
 
     The NaN/inf guard checks every loss before backward and the gradient norm before each optimizer step, so a bad
@@ -664,7 +665,15 @@ def set_lr(opt: torch.optim.Optimizer, cfg: TrainConfig, step: int) -> float:
     return lr
 
 
-def _micro_backward(run: Run, batch: Any, idx: torch.Tensor, ref_logp: Any, denom: float, it: int, add: Any) -> None:
+def _micro_backward(
+    run: Run,
+    batch: StepBatch,
+    idx: torch.Tensor,
+    ref_logp: torch.Tensor | None,
+    denom: float,
+    it: int,
+    add: _DriftStats,
+) -> None:
     """Loss of micro-batch ``idx`` (normalised by the mini-batch ``denom``), NaN guard, backward; metrics to ``add``."""
 
     cfg = run.cfg
@@ -701,7 +710,7 @@ def _micro_backward(run: Run, batch: Any, idx: torch.Tensor, ref_logp: Any, deno
             add(key, value)
 
 
-def _idle_backward(model: Any) -> None:
+def _idle_backward(model: torch.nn.Module) -> None:
     """A forward/backward of one token with zero loss: joins FSDP's per-pass collectives, adds nothing to grads."""
     ids = torch.zeros((1, 1), dtype=torch.long, device=next(model.parameters()).device)
     (model(input_ids=ids).logits.sum() * 0.0).backward()
@@ -757,7 +766,7 @@ def _sft_eval_metrics(run: Run) -> dict[str, float] | None:
 
 
 # ============================================================================= diagnostics and logging
-def entropy_metrics(batch: Any, table: StepTable, run_dir: Path, iteration: int) -> dict[str, float]:
+def entropy_metrics(batch: StepBatch, table: StepTable, run_dir: Path, iteration: int) -> dict[str, float]:
     """Token entropy (all / thought / action tokens) and the step entropy H the advantages use, by outcome; appends
     ``step_entropy.jsonl``."""
     import json

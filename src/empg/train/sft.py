@@ -23,6 +23,7 @@ that RL has room to show what it adds.
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import time
 from array import array
@@ -39,6 +40,7 @@ from empg.policy.sampling import SamplingParams
 from empg.rollout import collect, prompts
 from empg.rollout.collect import INVALID_ACTION
 from empg.rollout.corpus import env_corpus
+from empg.rollout.types import StepRecord
 from empg.train import checkpoint as ckpt
 from empg.train.batch import sft_batch
 from empg.train.config import TrainConfig, to_dict, to_yaml
@@ -61,7 +63,7 @@ class Demo:
 
 
 def collect_demos(
-    policy: Any,
+    policy: Policy,
     env_id: str,
     seeds: list[int],
     *,
@@ -87,7 +89,6 @@ def collect_demos(
     expert's action from the unchanged state is the target. Without it demos never show a rejected action, and a
     cloned policy that makes one tends to repeat it until the turn limit.
     """
-    import random
 
     demos: list[Demo] = []
     for seed in seeds:
@@ -126,7 +127,7 @@ def collect_demos(
     return demos
 
 
-def invalid_variant(action: str, previous: str | None, admissible: list[str], rng: Any) -> str | None:
+def invalid_variant(action: str, previous: str | None, admissible: list[str], rng: random.Random) -> str | None:
     """An action that is not admissible now, shaped like a cloned policy's mistakes, or None when there is none:
     ``previous`` repeated (when it no longer applies), or ``action`` with one of its numbers changed to another of
     1-3 (``take apple 2 from countertop 1`` for ``take apple 1 from countertop 1``)."""
@@ -145,8 +146,8 @@ def invalid_variant(action: str, previous: str | None, admissible: list[str], rn
 
 
 def expert_labels(
-    policy: Any,
-    steps: list[Any],
+    policy: Policy,
+    steps: list[StepRecord],
     env_id: str,
     *,
     max_turns: int | None = None,
@@ -187,7 +188,7 @@ def expert_labels(
     return demos
 
 
-def encode_response(policy: Any, text: str) -> list[int]:
+def encode_response(policy: Policy, text: str) -> list[int]:
     """Token ids of a response as the policy would generate it.
 
     Generation stops at the stop string ``</action>`` (``Policy.generate``), so a response ends with the action's
@@ -197,7 +198,7 @@ def encode_response(policy: Any, text: str) -> list[int]:
 
 
 def sft_train(
-    policy: Any,
+    policy: Policy,
     demos: list[Demo],
     *,
     steps: int,
@@ -294,7 +295,9 @@ def _fingerprint(demos: list[Demo], *settings: Any) -> str:
     return h.hexdigest()
 
 
-def _restore(root: Path, key: str, model: Any, opt: Any, gen: torch.Generator) -> tuple[int, list[int], list[float]]:
+def _restore(
+    root: Path, key: str, model: torch.nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator
+) -> tuple[int, list[int], list[float]]:
     """(steps done, batch order, losses) of the checkpoint under ``root`` (weights, AdamW, generator and global RNG
     restored); (0, [], []) when there is none or it is another SFT's (then deleted)."""
     from safetensors.torch import load_file
@@ -329,7 +332,7 @@ def length_grouped_order(
     return out
 
 
-def run_sft(policy: Any, cfg: TrainConfig, run_dir: Path, *, console: Any = None) -> dict:
+def run_sft(policy: Policy, cfg: TrainConfig, run_dir: Path, *, console: Any = None) -> dict:
     """Demos → behaviour cloning → evaluation; writes ``run_dir/sft.json`` and returns its content."""
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -393,7 +396,7 @@ def sft_checkpoints(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints" / "sft"
 
 
-def save_base_model(policy: Any, run_dir: str | Path) -> Path:
+def save_base_model(policy: Policy, run_dir: str | Path) -> Path:
     """Save ``run_dir/base_model`` atomically, then delete SFT's checkpoints (and ``checkpoints/`` if left empty)."""
     out = policy.save_atomic(Path(run_dir) / "base_model")
     shutil.rmtree(sft_checkpoints(run_dir), ignore_errors=True)
@@ -404,7 +407,7 @@ def save_base_model(policy: Any, run_dir: str | Path) -> Path:
     return out
 
 
-def _dagger(policy: Any, cfg: TrainConfig, demos: list[Demo], console: Any, run_dir: Path) -> list[dict]:
+def _dagger(policy: Policy, cfg: TrainConfig, demos: list[Demo], console: Any, run_dir: Path) -> list[dict]:
     """``sft.dagger_rounds`` rounds of: roll out the policy on fresh train seeds (rollout temperature), label the
     visited states with the expert (:func:`expert_labels`), train on all demos so far. Returns one dict per round
     (its rollout success is the policy's before that round's training)."""
@@ -499,7 +502,7 @@ def run_sft_command(cfg: TrainConfig, *, console: Any = None, export: Path | Non
     return result
 
 
-def build_base_policy(cfg: TrainConfig, *, console: Any = None) -> Any:
+def build_base_policy(cfg: TrainConfig, *, console: Any = None) -> Policy:
     """Build the model from ``model.spec`` and, when ``sft.enabled``, warm-start it by behaviour cloning."""
 
     policy = Policy.from_spec(
