@@ -171,15 +171,11 @@ def _embedded_envs():
 
 @pytest.mark.parametrize("env_id", _embedded_envs())
 def test_tiny_model_rollout_on_every_env_terminates_and_logprobs_agree(tiny, env_id):
-    res = collect(
-        tiny,
-        env_id,
-        [0, 1],
-        group_size=2,
-        max_turns=3,
-        sampling=SamplingParams(temperature=0.8, max_new_tokens=16),
-        generator=torch.Generator().manual_seed(0),
-    )
+    def rollout():
+        return collect(tiny, env_id, [0, 1], group_size=2, max_turns=3, generator=torch.Generator().manual_seed(0),
+                       sampling=SamplingParams(temperature=0.8, max_new_tokens=16))  # fmt: skip
+
+    res = rollout()
     _check_ids(res, 2, 2, 3)
     assert all(t.length == 3 and t.truncated for t in res.trajectories if not t.success)
     batch = StepBatch.from_records(res.steps, tiny.pad_id)
@@ -187,15 +183,7 @@ def test_tiny_model_rollout_on_every_env_terminates_and_logprobs_agree(tiny, env
         logp, ent = response_logprobs(tiny.model, batch, temperature=0.8, with_entropy=True)
     torch.testing.assert_close(logp, batch.old_logprobs, atol=1e-4, rtol=0)  # recorded vs recomputed
     torch.testing.assert_close(ent, batch.token_entropy, atol=1e-4, rtol=0)
-    again = collect(
-        tiny,
-        env_id,
-        [0, 1],
-        group_size=2,
-        max_turns=3,
-        sampling=SamplingParams(temperature=0.8, max_new_tokens=16),
-        generator=torch.Generator().manual_seed(0),
-    )
+    again = rollout()
     assert [s.response_ids for s in again.steps] == [s.response_ids for s in res.steps]
 
 
