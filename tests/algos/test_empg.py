@@ -257,3 +257,81 @@ def test_params_are_validated_once_and_default_to_the_paper():
         EMPGParams(k_next=float("inf"))
     with pytest.raises(ValueError, match="eps must be > 0"):
         EMPGParams(eps=0.0)
+
+
+# ----------------------------------------------------------------------------- METHOD §6 and AEM variants
+def loop_variant(adv, ent, traj, step, group, *, k=1.0, k_next=1.0, zeta=0.1, bonus_nonneg=False,
+                 entropy_norm="batch", final_norm="mean", eps=1e-8):  # fmt: skip
+    """Slow reference of the variants: per-group min-max and mean of g, the bonus only where A >= 0, per-group
+    centring (rows assumed unique)."""
+    n = len(adv)
+    scope = [group[i] if entropy_norm == "group" else 0 for i in range(n)]
+    lo = {s: min(ent[j] for j in range(n) if scope[j] == s) for s in scope}
+    hi = {s: max(ent[j] for j in range(n) if scope[j] == s) for s in scope}
+    h = [(ent[i] - lo[scope[i]]) / (hi[scope[i]] - lo[scope[i]] + eps) for i in range(n)]
+    w = [math.exp(-k * x) for x in h]
+    mean_w = {s: sum(w[j] for j in range(n) if scope[j] == s) / scope.count(s) for s in scope}
+    g = [w[i] / (mean_w[scope[i]] + eps) for i in range(n)]
+    row_of = {(traj[i], step[i]): i for i in range(n)}
+    a_mod = []
+    for i in range(n):
+        j = row_of.get((traj[i], step[i] + 1))
+        f = math.exp(-k_next * h[j]) if j is not None and (adv[i] >= 0 or not bonus_nonneg) else 0.0
+        a_mod.append(g[i] * adv[i] + zeta * f)
+    if final_norm == "group_mean":
+        mean = {s: sum(a_mod[j] for j in range(n) if group[j] == s) / group.count(s) for s in group}
+        return [a_mod[i] - mean[group[i]] for i in range(n)]
+    total = sum(a_mod) / n
+    return [x - total for x in a_mod]
+
+
+@settings(max_examples=80, deadline=None)
+@given(b=batches(), n_groups=st.integers(1, 3), bonus_nonneg=st.booleans(),
+       entropy_norm=st.sampled_from(["batch", "group"]), final_norm=st.sampled_from(["mean", "group_mean"]),
+       k=st.floats(0.1, 3))  # fmt: skip
+def test_variants_match_the_loop_reference(b, n_groups, bonus_nonneg, entropy_norm, final_norm, k):
+    adv, ent, traj, step = b
+    group = [t % n_groups for t in traj]  # whole trajectories per group, groups of several trajectories
+    params = EMPGParams(k=k, k_next=k / 2, zeta=0.3, final_norm=final_norm, bonus_nonneg=bonus_nonneg,
+                        entropy_norm=entropy_norm)  # fmt: skip
+    out, s = empg_transform_with_stats(T(adv), T(ent), L(traj), L(step), params, group_id=L(group))
+    ref = loop_variant(adv, ent, traj, step, group, k=k, k_next=k / 2, zeta=0.3, bonus_nonneg=bonus_nonneg,
+                       entropy_norm=entropy_norm, final_norm=final_norm)  # fmt: skip
+    torch.testing.assert_close(out, T(ref), atol=1e-9, rtol=1e-9)
+    if entropy_norm == "group":  # g has mean 1 inside every group
+        for gid in set(group):
+            rows = L([i for i, x in enumerate(group) if x == gid])
+            assert abs(float(s.g[rows].mean()) - 1.0) < 1e-6
+    if final_norm == "group_mean":  # every group is centred
+        for gid in set(group):
+            assert abs(float(out[L([i for i, x in enumerate(group) if x == gid])].sum())) < 1e-9
+
+
+def test_variants_golden_and_their_defaults_are_the_paper():
+    # two groups of one 2-step trajectory each: traj 0 (group 0) A = +1, H = 0, 1; traj 1 (group 1) A = -1, H = 2, 4
+    adv, ent, traj, step, group = T([1, 1, -1, -1]), T([0, 1, 2, 4]), L([0, 0, 1, 1]), L([0, 1, 0, 1]), L([0, 0, 1, 1])
+    # bonus_nonneg: traj 1's first step (A = -1) gets no bonus; batch min-max h = [0, .25, .5, 1]
+    out, s = empg_transform_with_stats(adv, ent, traj, step, EMPGParams(bonus_nonneg=True, final_norm="none"))
+    assert float(s.f[2]) == 0.0 and float(s.f[0]) == pytest.approx(math.exp(-0.25))
+    # entropy_norm="group": each group's own min-max gives h = [0, 1, 0, 1] in both groups, so g is the same
+    # [2/(1+e^-1), 2e^-1/(1+e^-1)] in each: traj 1's H = 2 counts as confident within its group
+    _, s = empg_transform_with_stats(adv, ent, traj, step, EMPGParams(entropy_norm="group"), group_id=group)
+    e = math.exp(-1)
+    torch.testing.assert_close(s.g, T([2 / (1 + e), 2 * e / (1 + e)] * 2), atol=1e-7, rtol=0)
+    # final_norm="group_mean": each group sums to 0 on its own
+    out = empg_transform(adv, ent, traj, step, EMPGParams(final_norm="group_mean"), group_id=group)
+    assert abs(float(out[:2].sum())) < 1e-12 and abs(float(out[2:].sum())) < 1e-12
+    # the defaults need no groups and equal the paper's transform
+    assert not EMPGParams().needs_groups and EMPGParams().bonus_nonneg is False
+
+
+def test_variant_bad_inputs():
+    ok = (T([1.0, 2.0, 0.0]), T([0.1, 0.2, 0.3]), L([0, 0, 1]), L([0, 1, 0]))
+    with pytest.raises(ValueError, match="entropy_norm"):
+        EMPGParams(entropy_norm="traj")
+    with pytest.raises(ValueError, match="need each step's group_id"):
+        empg_transform(*ok, EMPGParams(final_norm="group_mean"))
+    with pytest.raises(ValueError, match="one entry per step"):
+        empg_transform(*ok, EMPGParams(entropy_norm="group"), group_id=L([0, 0]))
+    with pytest.raises(ValueError, match="one task group"):
+        empg_transform(*ok, EMPGParams(final_norm="group_mean"), group_id=L([0, 1, 1]))

@@ -69,6 +69,17 @@ def test_example_grid_dry_run(capsys, tmp_path):
     assert "2 runs" in text and "grpo/seed0" in text and "grpo+empg/seed0" in text
 
 
+@pytest.mark.parametrize("grid", sorted(EXAMPLE.parent.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_committed_grid_plans_and_its_configs_validate(grid, tmp_path):
+    """Each experiments/*.yaml loads, every run's config (preset + common + method + seed) validates, and every
+    baseline names a method of the grid: a grid is checked before its hours of compute, not during them."""
+    plan = make_plan(load_grid(grid), tmp_path / "out")
+    assert plan.runs and all(r.state == "new" for r in plan.runs)
+    names = {r.name.split("/")[0] for r in plan.runs}
+    assert set(plan.baselines) <= {r.name.rsplit("/", 1)[0] for r in plan.runs}
+    assert names
+
+
 def test_plan_overrides_names_and_baselines(tmp_path):
     grid = load_grid(write_grid(tmp_path / "g.yaml", axes={"algo.zeta": [0, 0.1], "algo.k": [1.0]}, seeds=[3]))
     plan = make_plan(grid, tmp_path / "out")

@@ -88,6 +88,7 @@ def test_unknown_key_in_yaml(tmp_path):
         ("rollout.group_size=1", "rollout.group_size", "group_size >= 2"),
         ("algo.dual_clip=0.5", "algo.dual_clip", "> 1"),
         ("algo.final_norm=median", "algo.final_norm", "traj_mean"),
+        ("algo.entropy_norm=traj", "algo.entropy_norm", "batch, group"),
         ("algo.step_entropy=max", "algo.step_entropy", "action"),
         ("env.id=househld-v0", "env.id", "household-v0"),
         ("eval.splits=[test]", "eval.splits", "eval_out"),

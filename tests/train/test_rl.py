@@ -23,6 +23,14 @@ ALGOS = {
     "grpo+empg": ["algo.base=grpo", "algo.empg=true"],
     "dapo+empg": ["algo.base=dapo", "algo.empg=true"],
     "grpo+gigpo+empg": ["algo.base=grpo", "algo.empg=true", "algo.gigpo_weight=1"],
+    # METHOD §6 / AEM variants together: per-group entropy scaling, bonus only where A >= 0, per-group centring
+    "grpo+empg-group": [
+        "algo.base=grpo",
+        "algo.empg=true",
+        "algo.entropy_norm=group",
+        "algo.bonus_nonneg=true",
+        "algo.final_norm=group_mean",
+    ],
 }
 VOLATILE = ("time/", "perf/")  # wall-clock metrics: the only keys allowed to differ between identical runs
 

@@ -8,6 +8,12 @@ For every step (i, t) of the batch S with base advantage A(i) and step entropy H
 4. ``A_mod = g A + zeta f``
 5. ``A_final = A_mod - mean_S A_mod`` (``final_norm="mean"``; see :data:`FINAL_NORMS` for the others)
 
+Variants for METHOD §6's two ways EMPG can hurt, and for AEM (arXiv 2605.00425), each an :class:`EMPGParams` field
+(the defaults are the paper's): ``bonus_nonneg`` gives the bonus only to steps with A >= 0, so it cannot lift a failed
+trajectory's steps; ``final_norm="group_mean"`` centres A_mod within each task group instead of over the batch;
+``entropy_norm="group"`` takes step 1's min-max and step 2's mean of g within each task group (AEM's per-group
+entropy scaling; AEM itself has no bonus: ``zeta=0``). The group variants need each step's ``group_id``.
+
 Rows may come in any order; the next step of (traj, t) is the row with the same ``traj_id`` and ``step_idx == t+1``.
 
 Duplicated rows (same ``traj_id`` and ``step_idx``) are de-duplicated: identical duplicates count once in every
@@ -29,12 +35,24 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["DEFAULT_PARAMS", "FINAL_NORMS", "EMPGParams", "EMPGStats", "empg_transform", "empg_transform_with_stats"]
+__all__ = [
+    "DEFAULT_PARAMS",
+    "ENTROPY_NORMS",
+    "FINAL_NORMS",
+    "EMPGParams",
+    "EMPGStats",
+    "empg_transform",
+    "empg_transform_with_stats",
+]
 
-FINAL_NORMS = ("mean", "mean_std", "none", "traj_mean")
+FINAL_NORMS = ("mean", "mean_std", "none", "traj_mean", "group_mean")
 """``"mean"``: subtract the step-level mean (paper). ``"mean_std"``: also divide by the step-level std (population,
 plus eps). ``"none"``: A_mod as is. ``"traj_mean"``: subtract the mean over trajectories of each trajectory's mean
-A_mod, so long (usually failed) trajectories do not dominate the shift (METHOD §6 risk 1)."""
+A_mod, so long (usually failed) trajectories do not dominate the shift (METHOD §6 risk 1). ``"group_mean"``: subtract
+the mean A_mod of the step's task group (each step counted once), so the shift is not set by other tasks' steps."""
+
+ENTROPY_NORMS = ("batch", "group")
+"""Where step 1's min-max and step 2's mean of g are taken: over the batch (paper) or within each task group (AEM)."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +66,8 @@ class EMPGParams:
         use_scaling: False sets g ≡ 1 (the "f only" ablation).
         final_norm: one of :data:`FINAL_NORMS`.
         eps: epsilon of the min-max range, of the mean of g and of ``"mean_std"``.
+        bonus_nonneg: give the bonus ζ f only to steps whose base advantage is >= 0.
+        entropy_norm: one of :data:`ENTROPY_NORMS`.
     """
 
     k: float = 1.0
@@ -56,15 +76,24 @@ class EMPGParams:
     use_scaling: bool = True
     final_norm: str = "mean"
     eps: float = 1e-8
+    bonus_nonneg: bool = False
+    entropy_norm: str = "batch"
 
     def __post_init__(self) -> None:
         if self.final_norm not in FINAL_NORMS:
             raise ValueError(f"final_norm={self.final_norm!r} is not one of {FINAL_NORMS}")
+        if self.entropy_norm not in ENTROPY_NORMS:
+            raise ValueError(f"entropy_norm={self.entropy_norm!r} is not one of {ENTROPY_NORMS}")
         for name in ("k", "k_next", "zeta", "eps"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"EMPG {name} must be finite, got {getattr(self, name)}")
         if not self.eps > 0:
             raise ValueError(f"EMPG eps must be > 0, got {self.eps}")
+
+    @property
+    def needs_groups(self) -> bool:
+        """The transform needs each step's task group (``group_id``)."""
+        return self.final_norm == "group_mean" or self.entropy_norm == "group"
 
 
 DEFAULT_PARAMS = EMPGParams()
@@ -244,10 +273,53 @@ def _min_max(h: Tensor, eps: float) -> Tensor:
     return (h - h_min).mul_(1.0 / (h_max - h_min + eps))
 
 
-def _self_calibrating_scale(h_norm: Tensor, k: float, eps: float, clarity: Tensor, k_next: float) -> Tensor:
-    """Step 2: ``g = exp(-k h) / (mean exp(-k h) + eps)`` (U,), mean 1 over the batch's steps. ``clarity`` is
-    ``exp(-k_next h)``, reused when ``k == k_next``."""
+def _step_groups(group_id: Tensor | None, steps: _StepIndex, n_rows: int) -> Tensor:
+    """Dense task-group label (U,) of every unique step, from the rows' ``group_id`` (S,)."""
+    if group_id is None:
+        raise ValueError(
+            "final_norm='group_mean' and entropy_norm='group' need each step's group_id (S,): pass group_id=..."
+        )
+    if group_id.dim() != 1 or group_id.shape[0] != n_rows or group_id.is_floating_point():
+        raise ValueError(f"group_id must be a 1-D integer tensor with one entry per step ({n_rows},), got "
+                         f"{tuple(group_id.shape)} {group_id.dtype}")  # fmt: skip
+    labels = torch.unique(group_id, return_inverse=True)[1].to(torch.int64)
+    if steps.inv is not None:  # one label per unique step; duplicates must agree
+        unique = torch.zeros(steps.adv.shape[0], dtype=torch.int64).scatter_(0, steps.inv, labels)
+        if not torch.equal(unique[steps.inv], labels):
+            raise ValueError("duplicated step rows disagree on their group_id; duplicates must be exact copies")
+        labels = unique
+    n_traj = int(steps.traj.max()) + 1
+    lo = torch.full((n_traj,), labels.shape[0], dtype=torch.int64).scatter_reduce(0, steps.traj, labels, "amin")
+    hi = torch.full((n_traj,), -1, dtype=torch.int64).scatter_reduce(0, steps.traj, labels, "amax")
+    if not torch.equal(lo[steps.traj], hi[steps.traj]):
+        raise ValueError("a trajectory's steps carry different group_ids; every trajectory belongs to one task group")
+    return labels
+
+
+def _group_mean(x: Tensor, group: Tensor) -> Tensor:
+    """Each step's group mean of ``x`` (U,), every step counted once."""
+    sums = torch.bincount(group, weights=x)
+    counts = torch.bincount(group).to(x.dtype).clamp_min_(1.0)
+    return (sums / counts).index_select(0, group)
+
+
+def _group_min_max(h: Tensor, group: Tensor, eps: float) -> Tensor:
+    """Step 1 within each task group: ``(h - min_g h) / (max_g h - min_g h + eps)`` (U,), in [0, 1)."""
+    _min_max(h, eps)  # the batch's extremes: the NaN/inf check
+    n = int(group.max()) + 1
+    lo = torch.full((n,), math.inf, dtype=h.dtype).scatter_reduce(0, group, h, "amin").index_select(0, group)
+    hi = torch.full((n,), -math.inf, dtype=h.dtype).scatter_reduce(0, group, h, "amax").index_select(0, group)
+    return (h - lo).div_(hi - lo + eps)
+
+
+def _self_calibrating_scale(
+    h_norm: Tensor, k: float, eps: float, clarity: Tensor, k_next: float, group: Tensor | None = None
+) -> Tensor:
+    """Step 2: ``g = exp(-k h) / (mean exp(-k h) + eps)`` (U,), mean 1 over the batch's steps, or over each task
+    group's when ``group`` is given. ``clarity`` is ``exp(-k_next h)``, reused when ``k == k_next``."""
     w = clarity if k == k_next else torch.mul(h_norm, -k).exp_()
+    if group is not None:
+        return w / (_group_mean(w, group) + eps)
     return w * (1.0 / (float(w.mean()) + eps))
 
 
@@ -257,8 +329,11 @@ def _of_next_step(x: Tensor, nxt: Tensor) -> Tensor:
     return torch.cat([x.new_zeros(1), x]).index_select(0, nxt)
 
 
-def _final_norm(a_mod: Tensor, traj: Tensor, final_norm: str, eps: float, inputs: tuple[Tensor, Tensor]) -> Tensor:
-    """Step 5 on the unique steps' A_mod (U,) (``traj`` (U,) labels their trajectories); a new tensor.
+def _final_norm(
+    a_mod: Tensor, traj: Tensor, final_norm: str, eps: float, inputs: tuple[Tensor, Tensor], group: Tensor | None
+) -> Tensor:
+    """Step 5 on the unique steps' A_mod (U,) (``traj`` (U,) labels their trajectories, ``group`` their task groups
+    for ``"group_mean"``); a new tensor.
 
     The sum of A_mod is non-finite when any A_mod is: that one reduction serves as the NaN/inf check (naming the
     culprit among ``inputs`` = (advantages, step_entropy), else an overflow) and, for ``"mean"``, as the mean.
@@ -278,6 +353,8 @@ def _final_norm(a_mod: Tensor, traj: Tensor, final_norm: str, eps: float, inputs
     if final_norm == "mean_std":
         centred = a_mod - mean
         return centred.div_(float(centred.pow(2).mean().sqrt()) + eps)
+    if final_norm == "group_mean":
+        return a_mod - _group_mean(a_mod, group)
     # "traj_mean": mean over trajectories of each trajectory's mean A_mod
     sums = torch.bincount(traj, weights=a_mod)
     counts = torch.bincount(traj).to(a_mod.dtype)
@@ -291,6 +368,7 @@ def empg_transform_with_stats(
     traj_id: Tensor,
     step_idx: Tensor,
     params: EMPGParams = DEFAULT_PARAMS,
+    group_id: Tensor | None = None,
 ) -> tuple[Tensor, EMPGStats]:
     """EMPG-modulated advantages and the per-step intermediates (METHOD §3).
 
@@ -299,7 +377,8 @@ def empg_transform_with_stats(
         step_entropy: (S,) step entropy H_{i,t}.
         traj_id: (S,) integer trajectory id.
         step_idx: (S,) 0-based turn index inside the trajectory.
-        params: k, k', ζ, the g switch, the final normalisation and eps (:class:`EMPGParams`).
+        params: k, k', ζ, the g switch, the final normalisation, eps and the §6 / AEM variants (:class:`EMPGParams`).
+        group_id: (S,) integer task group of each step; needed by the per-group variants only.
 
     Returns:
         (a_final (S,), stats). a_final has the dtype of ``advantages``; rows that are duplicates get equal values.
@@ -309,12 +388,19 @@ def empg_transform_with_stats(
     """
     p = params
     steps = _unique_steps(advantages, step_entropy, traj_id, step_idx)  # pre-step: de-duplicate, link t -> t+1
-    h = _min_max(steps.ent, p.eps)  # 1. h in [0, 1)
+    group = _step_groups(group_id, steps, advantages.shape[0]) if p.needs_groups else None
+    by_group = group if p.entropy_norm == "group" else None
+    h = _min_max(steps.ent, p.eps) if by_group is None else _group_min_max(steps.ent, by_group, p.eps)  # 1. [0, 1)
     clarity = torch.mul(h, -p.k_next).exp_()  # exp(-k' h) of every step
-    g = _self_calibrating_scale(h, p.k, p.eps, clarity, p.k_next) if p.use_scaling else torch.ones_like(h)  # 2.
+    if p.use_scaling:  # 2.
+        g = _self_calibrating_scale(h, p.k, p.eps, clarity, p.k_next, by_group)
+    else:
+        g = torch.ones_like(h)
     f = _of_next_step(clarity, steps.nxt)  # 3. f_{i,t} = exp(-k' h_{i,t+1}), 0 on a last step
+    if p.bonus_nonneg:
+        f = f * (steps.adv >= 0)  # no bonus for the steps of below-average trajectories
     a_mod = torch.addcmul(p.zeta * f, g, steps.adv)  # 4. A_mod = g A + zeta f
-    a_final = _final_norm(a_mod, steps.traj, p.final_norm, p.eps, (advantages, step_entropy))  # 5.
+    a_final = _final_norm(a_mod, steps.traj, p.final_norm, p.eps, (advantages, step_entropy), group)  # 5.
     out = _out_dtype(advantages)
     parts = {"g": g, "f": f, "h_norm": h, "has_next": steps.nxt > 0, "a_mod": a_mod, "a_final": a_final}
     stats = EMPGStats(**{name: steps.rows(t, out) for name, t in parts.items()})
@@ -327,9 +413,10 @@ def empg_transform(
     traj_id: Tensor,
     step_idx: Tensor,
     params: EMPGParams = DEFAULT_PARAMS,
+    group_id: Tensor | None = None,
 ) -> Tensor:
     """EMPG-modulated advantages (S,); see :func:`empg_transform_with_stats`."""
-    return empg_transform_with_stats(advantages, step_entropy, traj_id, step_idx, params)[0]
+    return empg_transform_with_stats(advantages, step_entropy, traj_id, step_idx, params, group_id)[0]
 
 
 def _out_dtype(advantages: Tensor) -> torch.dtype:

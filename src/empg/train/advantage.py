@@ -160,7 +160,8 @@ def advantage_phase(
     if cfg.algo.empg:
         h = table.entropy
         check_finite("step entropies", h, it)
-        final, st = empg_transform_with_stats(base, h, table.traj_id, table.step_idx, cfg.algo.empg_params())
+        params, group = cfg.algo.empg_params(), table.group_id[table.traj]  # (S,) each step's task group
+        final, st = empg_transform_with_stats(base, h, table.traj_id, table.step_idx, params, group_id=group)
         metrics.update(stats("empg/g", st.g))
         metrics.update(stats("empg/f", st.f[st.has_next.bool()]))
         before = st.a_mod

@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from empg.algos.empg import DEFAULT_PARAMS as EMPG_DEFAULTS
-from empg.algos.empg import EMPGParams
+from empg.algos.empg import ENTROPY_NORMS, FINAL_NORMS, EMPGParams
 from empg.envs import list_envs, make, split_seeds
 from empg.train.warmstart import WarmStartError, resolve, verify
 
@@ -223,7 +223,20 @@ class AlgoConfig:
     k: float = _f(EMPG_DEFAULTS.k, "EMPG scaling sharpness k in g = exp(-k H̃) / mean exp(-k H̃).")
     k_next: float = _f(EMPG_DEFAULTS.k_next, "EMPG bonus sharpness k' in f = exp(-k' H̃_next).")
     zeta: float = _f(EMPG_DEFAULTS.zeta, "EMPG bonus weight ζ.")
-    final_norm: str = _f(EMPG_DEFAULTS.final_norm, "EMPG final normalisation: mean | mean_std | none | traj_mean.")
+    final_norm: str = _f(
+        EMPG_DEFAULTS.final_norm,
+        "EMPG final normalisation: mean | mean_std | none | traj_mean | group_mean (centre within each task group).",
+    )
+    bonus_nonneg: bool = _f(
+        EMPG_DEFAULTS.bonus_nonneg,
+        "EMPG variant (METHOD §6): the future-clarity bonus only for steps whose base advantage is >= 0, so it does "
+        "not lift the steps of failed trajectories.",
+    )
+    entropy_norm: str = _f(
+        EMPG_DEFAULTS.entropy_norm,
+        "EMPG entropy normalisation: batch (paper) | group (min-max and mean of g within each task group, as AEM, "
+        "arXiv 2605.00425; AEM has no bonus: also set algo.zeta=0).",
+    )
     step_entropy: str = _f("mean", "Step entropy: mean | renyi2 | weighted | action (action-span tokens only).")
     action_weight: float = _f(4.0, "step_entropy=weighted: weight of action tokens relative to thought tokens.")
     clip_low: float = _f(0.2, "PPO ratio clip ε_low.")
@@ -257,7 +270,15 @@ class AlgoConfig:
     def empg_params(self) -> EMPGParams:
         """The EMPG transform's parameters (``use_bonus=False`` is ζ = 0)."""
         zeta = self.zeta if self.use_bonus else 0.0
-        return EMPGParams(self.k, self.k_next, zeta, self.use_scaling, self.final_norm)
+        return EMPGParams(
+            self.k,
+            self.k_next,
+            zeta,
+            self.use_scaling,
+            self.final_norm,
+            bonus_nonneg=self.bonus_nonneg,
+            entropy_norm=self.entropy_norm,
+        )
 
     @property
     def effective_dynamic_sampling(self) -> bool:
@@ -371,7 +392,8 @@ class TrainConfig:
 CHOICES: dict[str, tuple[str, ...]] = {
     "algo.base": ("grpo", "dapo"),
     "algo.grpo_stats": ("trajectory", "steps"),
-    "algo.final_norm": ("mean", "mean_std", "none", "traj_mean"),
+    "algo.final_norm": FINAL_NORMS,
+    "algo.entropy_norm": ENTROPY_NORMS,
     "algo.step_entropy": ("mean", "renyi2", "weighted", "action"),
     "algo.loss_agg": ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"),
     "model.dtype": ("float32", "bfloat16", "float16"),
