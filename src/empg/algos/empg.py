@@ -265,11 +265,18 @@ def _unique_steps(advantages: Tensor, step_entropy: Tensor, traj_id: Tensor, ste
     return _index_steps(advantages.to(f64), step_entropy.to(f64), traj_id, step_idx, max_step)
 
 
+def _extremes(h: Tensor) -> tuple[float, float]:
+    """``(min h, max h)`` as Python floats; raises when either is not finite (amin/amax propagate NaN; +-inf is an
+    extreme), which is the step entropies' NaN/inf check."""
+    h_min, h_max = float(h.amin()), float(h.amax())
+    if not (math.isfinite(h_min) and math.isfinite(h_max)):
+        raise ValueError(_NON_FINITE.format(name="step_entropy"))
+    return h_min, h_max
+
+
 def _min_max(h: Tensor, eps: float) -> Tensor:
     """Step 1: ``(h - min h) / (max h - min h + eps)`` (U,), in [0, 1)."""
-    h_min, h_max = float(h.amin()), float(h.amax())  # Python floats: no 0-dim tensor arithmetic below
-    if not (math.isfinite(h_min) and math.isfinite(h_max)):  # amin/amax propagate NaN; +-inf is an extreme
-        raise ValueError(_NON_FINITE.format(name="step_entropy"))
+    h_min, h_max = _extremes(h)  # Python floats: no 0-dim tensor arithmetic below
     return (h - h_min).mul_(1.0 / (h_max - h_min + eps))
 
 
@@ -305,7 +312,7 @@ def _group_mean(x: Tensor, group: Tensor) -> Tensor:
 
 def _group_min_max(h: Tensor, group: Tensor, eps: float) -> Tensor:
     """Step 1 within each task group: ``(h - min_g h) / (max_g h - min_g h + eps)`` (U,), in [0, 1)."""
-    _min_max(h, eps)  # the batch's extremes: the NaN/inf check
+    _extremes(h)  # the NaN/inf check
     n = int(group.max()) + 1
     lo = torch.full((n,), math.inf, dtype=h.dtype).scatter_reduce(0, group, h, "amin").index_select(0, group)
     hi = torch.full((n,), -math.inf, dtype=h.dtype).scatter_reduce(0, group, h, "amax").index_select(0, group)

@@ -120,7 +120,6 @@ def evaluate_policy(
             (``rollout.constrain_actions``, ``rollout.constrain_scope``).
         show_admissible: list the admissible actions in the prompts (``rollout.show_admissible``).
     """
-
     seeds = eval_seeds(split, episodes, train_pool)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # in case the generation backend samples from the global generator

@@ -61,7 +61,6 @@ class EvalPoint:
 def read_evaluations(run_dir: Path, split: str) -> list[EvalPoint]:
     """Every evaluation of ``split`` in iteration order: from ``eval/<split>_iter_XXXX.json`` (per-seed outcomes,
     Wilson interval) where written, else from ``metrics.jsonl`` (rate and episode count; no outcomes)."""
-
     points: dict[int, EvalPoint] = {}
     for row in read_metrics(run_dir):
         rate, n = row.get(f"{split}/success"), row.get(f"{split}/episodes")

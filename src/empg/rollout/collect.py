@@ -105,7 +105,6 @@ def collect(
             the admissible actions' templated expert responses, thought included: :func:`action_constraint`).
         show_admissible: list the admissible actions in the prompt (they still constrain decoding when hidden).
     """
-
     if group_size < 1:
         raise ValueError(f"group_size must be >= 1, got {group_size}")
     envs, env_seeds, group_ids = [], [], []

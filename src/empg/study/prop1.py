@@ -185,7 +185,6 @@ def run_prop1(
     Raises:
         FileNotFoundError: no saved model in the run; ValueError: ``episodes < 1`` or no step was collected.
     """
-
     if episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {episodes}")
     cfg = load_run_config(run_dir)

@@ -144,7 +144,6 @@ def count_env_steps(rows: list[dict], config: dict) -> int | None:
 
 def load_run(sweep_dir: Path, record: dict, splits: list[str] | None = None) -> RunResult:
     """A :class:`RunResult` from a run record of sweep.json (metrics read up to its planned iterations)."""
-
     run_dir = sweep_dir / record["run_dir"]
     result = RunResult(
         variant=record["variant"],
@@ -544,7 +543,6 @@ def make_report(sweep_dir: str | Path, out: str | Path | None = None) -> list[Pa
 def _config_splits(config: dict) -> list[str]:
     """The metric prefixes of a run's ``eval.splits``: ``eval_in``, ``eval_out``, and ``eval_train`` for its ``train``
     split (``train/*`` are the training rollouts' metrics, not an evaluation)."""
-
     return [metric_key(s) for s in config.get("eval", {}).get("splits", DEFAULT_SPLITS)]
 
 

@@ -329,7 +329,6 @@ def _sft_done(sft_dir: Path) -> bool:
 
 def _progress_of(run_dir: Path) -> tuple[int, int]:
     """(iterations the done-marker records or -1, iteration of the latest checkpoint or 0)."""
-
     marker = run_dir / DONE_MARKER
     done = json.loads(marker.read_text()).get("iterations", -1) if marker.is_file() else -1
     latest = latest_checkpoint(run_dir)

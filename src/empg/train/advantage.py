@@ -35,7 +35,6 @@ def episode_returns(cfg: TrainConfig, trajs: list) -> tuple[torch.Tensor, torch.
     With ``algo.overlong_buffer`` > 0 (DAPO's soft overlong punishment, per step here), each step whose response is
     longer than ``rollout.max_new_tokens - overlong_buffer`` tokens adds ``overlong_penalty`` times
     :func:`empg.algos.overlong_penalty` (in [-1, 0]) to its trajectory's return."""
-
     outcome = torch.tensor([float(t.outcome) for t in trajs], dtype=torch.float64)
     n_invalid = torch.tensor([float(t.n_invalid) for t in trajs], dtype=torch.float64)
     returns = trajectory_returns(
@@ -56,7 +55,6 @@ def episode_returns(cfg: TrainConfig, trajs: list) -> tuple[torch.Tensor, torch.
 def step_entropies(cfg: TrainConfig, batch: Any) -> torch.Tensor:
     """Per-step entropy H (B,) from the behaviour token entropies, per ``algo.step_entropy`` (``"mean"`` when EMPG is
     off: the Rényi-2 token values exist only for EMPG)."""
-
     mode = cfg.algo.step_entropy if cfg.algo.empg else "mean"
     mask = batch.response_mask
     weights = None
@@ -143,7 +141,6 @@ def advantage_phase(
     EMPG is on, ``"h"`` (step entropy), ``"g"`` and ``"f"`` (:class:`empg.algos.empg.EMPGStats`; f is 0 on a last
     step). :mod:`empg.train.trajlog` logs them per episode.
     """
-
     returns, group_id, step_traj = table.returns, table.group_id, table.traj
     if cfg.algo.grpo_stats == "steps":
         base = step_level_grpo_advantages(returns[step_traj], group_id[step_traj], norm_by_std=cfg.algo.norm_by_std)
@@ -160,7 +157,8 @@ def advantage_phase(
     if cfg.algo.empg:
         h = table.entropy
         check_finite("step entropies", h, it)
-        params, group = cfg.algo.empg_params(), table.group_id[table.traj]  # (S,) each step's task group
+        params = cfg.algo.empg_params()
+        group = table.group_id[table.traj] if params.needs_groups else None  # (S,) each step's task group
         final, st = empg_transform_with_stats(base, h, table.traj_id, table.step_idx, params, group_id=group)
         metrics.update(stats("empg/g", st.g))
         metrics.update(stats("empg/f", st.f[st.has_next.bool()]))
@@ -193,7 +191,6 @@ def anchor_credit(cfg: TrainConfig, table: StepTable) -> tuple[torch.Tensor, dic
     Step rewards follow the episode return: ``reward_scale · outcome`` on the last step, ``-invalid_penalty`` on each
     invalid step, so the undiscounted return to go of a trajectory's first step is its episode return.
     """
-
     outcome = table.outcome[table.traj]
     last, invalid = table.is_last.to(torch.float64), (~table.valid).to(torch.float64)
     rewards = cfg.algo.reward_scale * outcome * last - cfg.algo.invalid_penalty * invalid
@@ -220,5 +217,4 @@ def _adv_split(tag: str, adv: torch.Tensor, success: torch.Tensor) -> dict[str, 
 
 def to_tokens(step_values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Each step's value on every response token of its row (B, L), in the mask's dtype."""
-
     return broadcast_to_tokens(step_values.to(mask.dtype), mask)

@@ -599,7 +599,6 @@ def validate(cfg: TrainConfig, *, extras: bool = True) -> TrainConfig:
 
 def _check_init(init: str) -> None:
     """``model.init`` names a warm start whose files match its manifest (hashes checked here, before any work)."""
-
     try:
         verify(resolve(init))
     except WarmStartError as e:
@@ -608,7 +607,6 @@ def _check_init(init: str) -> None:
 
 def _check_admissible(cfg: TrainConfig) -> None:
     """``rollout.constrain_actions`` needs an env that lists admissible actions: reset one and look."""
-
     try:
         env = make(cfg.env.id, "train", **cfg.env.kwargs)
     except Exception:  # noqa: BLE001 - a broken env is reported where it is built, with its own message

@@ -225,7 +225,6 @@ def _json_config(path: Path, source: str) -> Arch | None:
 
 def _tiny_cache_dir(cfg: TrainConfig) -> Path | None:
     """An existing cached build of the tiny spec (for its tokenizer); nothing is built."""
-
     cache = Path(cfg.model.cache_dir) if cfg.model.cache_dir else default_cache_dir()
     found = sorted(cache.glob(f"{cfg.model.spec}-seed{cfg.seed}-*/config.json"), key=lambda p: p.stat().st_mtime)
     return found[-1].parent if found else None
@@ -237,7 +236,6 @@ def resolve_model(cfg: TrainConfig) -> tuple[Arch | None, Path | str | None, lis
     Never downloads: Hugging Face ids are looked up with ``local_files_only=True`` and fall back to
     :data:`KNOWN_ARCHS`.
     """
-
     notes: list[str] = []
     spec = cfg.model.spec
     if cfg.model.init is not None:
@@ -319,7 +317,6 @@ def first_prompt(cfg: TrainConfig) -> tuple[list[dict], str, int, int]:
     Returns:
         (messages, observation, the env's turn limit, number of admissible actions listed).
     """
-
     env = make(cfg.env.id, "train", max_turns=cfg.env.max_turns, **cfg.env.kwargs)
     try:
         obs, info = env.reset(seed=split_seeds("train", 1)[0])

@@ -247,7 +247,6 @@ def _finish(run: Run) -> None:
 # ============================================================================= setup
 def setup_run(cfg: TrainConfig, *, resume: bool = False, console: Any = None) -> Run:
     """Directories, policy (built, SFT-warmed or restored), reference model, optimizer, logger, start iteration."""
-
     _quiet_transformers()
     run_dir = Path(cfg.run_dir)
     latest = ckpt.resume_checkpoint(run_dir, console=console) if resume else None  # newest complete one
@@ -271,20 +270,7 @@ def setup_run(cfg: TrainConfig, *, resume: bool = False, console: Any = None) ->
         else:
             policy = build_base_policy(cfg, console=console)
             save_base_model(policy, run_dir)  # and delete SFT's checkpoints
-    dtype = model_dtype(cfg.model.dtype)
-    policy = Policy.load(latest or base_dir, device=cfg.model.device, dtype=dtype)
-    policy.model.eval()  # no dropout: rollout, scoring and update see the same function
-
-    ref_model = None
-    if cfg.algo.kl_coef > 0:
-        ref_model = Policy.load(base_dir, device=cfg.model.device, dtype=dtype).model.eval()
-        ref_model.requires_grad_(False)
-
-    # fp32 AdamW; with bf16 weights it updates fp32 master copies (empg.train.optim)
-    optimizer = make_optimizer(policy.model, cfg.optim.lr, cfg.optim.weight_decay)
-    start = 0
-    if latest is not None:
-        start = ckpt.restore_checkpoint(latest, optimizer)["iteration"]
+    policy, ref_model, optimizer, start = _load_models(cfg, run_dir, latest)
     for name in (METRICS, STEP_ENTROPY, TRAJECTORIES):
         truncate_jsonl(run_dir / name, start if latest is not None else -1)
 
@@ -317,19 +303,28 @@ def setup_ranks(cfg: TrainConfig, *, resume: bool, console: Any, info: DistInfo)
 
 def _setup_worker_run(cfg: TrainConfig, resume: bool) -> Run:
     """Run state of a non-main rank: the main rank's base model or latest checkpoint, no files written."""
-
     run_dir = Path(cfg.run_dir)
     latest = ckpt.resume_checkpoint(run_dir, quiet=True) if resume else None  # the one rank 0 chose
+    policy, ref_model, optimizer, start = _load_models(cfg, run_dir, latest)
+    return Run(cfg, run_dir, policy, optimizer, None, start, split_seeds("train", cfg.env.train_pool), ref_model)
+
+
+def _load_models(
+    cfg: TrainConfig, run_dir: Path, latest: Path | None
+) -> tuple[Policy, torch.nn.Module | None, torch.optim.Optimizer, int]:
+    """The policy (from checkpoint ``latest``, else ``run_dir/base_model``), the frozen reference model (only when
+    ``kl_coef > 0``), the optimizer (restored from ``latest``) and the iteration to start at."""
     dtype = model_dtype(cfg.model.dtype)
     policy = Policy.load(latest or run_dir / "base_model", device=cfg.model.device, dtype=dtype)
-    policy.model.eval()
+    policy.model.eval()  # no dropout: rollout, scoring and update see the same function
     ref_model = None
     if cfg.algo.kl_coef > 0:
         ref_model = Policy.load(run_dir / "base_model", device=cfg.model.device, dtype=dtype).model.eval()
         ref_model.requires_grad_(False)
-    opt = make_optimizer(policy.model, cfg.optim.lr, cfg.optim.weight_decay)
-    start = ckpt.restore_checkpoint(latest, opt)["iteration"] if latest is not None else 0
-    return Run(cfg, run_dir, policy, opt, None, start, split_seeds("train", cfg.env.train_pool), ref_model, None)
+    # fp32 AdamW; with bf16 weights it updates fp32 master copies (empg.train.optim)
+    optimizer = make_optimizer(policy.model, cfg.optim.lr, cfg.optim.weight_decay)
+    start = ckpt.restore_checkpoint(latest, optimizer)["iteration"] if latest is not None else 0
+    return policy, ref_model, optimizer, start
 
 
 def _quiet_transformers() -> None:
@@ -365,7 +360,6 @@ def rollout_phase(run: Run, it: int, reduce: Reducer = LOCAL) -> tuple[list, lis
         (steps, trajectories, metrics) of this process. Group ``g`` of the iteration (over all rounds) has id ``g``,
         its trajectories ``g * group_size + k``. ``steps`` is empty when dynamic sampling found no informative group.
     """
-
     cfg = run.cfg
     lost_calls, hung_calls = (run.env_pool.lost_calls, run.env_pool.hung_calls) if run.env_pool is not None else (0, 0)
     task_gen = generator_for(cfg.seed, it, "tasks")
@@ -463,7 +457,6 @@ def mixed_groups(cfg: TrainConfig, trajs: list) -> int:
 def collect_round(run: Run, seeds: list[int], generator: torch.Generator) -> RolloutResult:
     """Roll out ``group_size`` copies of each task in ``seeds`` (group ``g`` = ``seeds[g]``): envs built in this
     process, or the run's Ray env pool (reset with the same seeds, so the rollouts are the same)."""
-
     cfg = run.cfg
     settings = rollout_settings(cfg, generator)  # records behaviour log-probs unless the scoring pass recomputes
     g = cfg.rollout.group_size
@@ -494,7 +487,6 @@ def renumber_groups(steps: list, trajs: list, group_offset: int, group_size: int
 # ============================================================================= 2. packing and scoring
 def pack_steps(policy: Policy, steps: list[StepRecord]) -> StepBatch:
     """StepBatch of the step records (row i ↔ ``steps[i]``)."""
-
     return StepBatch.from_records(steps, _pad_id(policy))
 
 
@@ -509,7 +501,6 @@ def score_phase(run: Run, batch: StepBatch, it: int) -> torch.Tensor | None:
     """Behaviour log-probs and entropies in ``batch.old_logprobs`` / ``batch.token_entropy`` (rollout temperature):
     recomputed here when :func:`~empg.train.backends.rescores`, else the ones recorded during generation (packed
     from the step records). Returns the reference log-probs (B, L) when ``kl_coef > 0``, else None."""
-
     cfg = run.cfg
     rescore = rescores(cfg)
     if rescore:
@@ -550,7 +541,6 @@ def token_renyi2_of(model: torch.nn.Module, batch: StepBatch, cfg: TrainConfig) 
 
     Micro-batches take rows in length order and are computed at their own width, as in :func:`score_phase`.
     """
-
     out = torch.zeros_like(batch.response_mask)
     P = batch.response_start
     rows = by_length(batch, torch.arange(batch.response_mask.shape[0]))
@@ -657,7 +647,6 @@ def optimizer_steps(opt: torch.optim.Optimizer) -> int:
 
 def set_lr(opt: torch.optim.Optimizer, cfg: TrainConfig, step: int) -> float:
     """Set the learning rate of optimizer step ``step`` (0-based) from ``optim.lr``, its warm-up and schedule."""
-
     planned = cfg.iterations * cfg.algo.ppo_epochs * cfg.optim.mini_batches
     lr = cfg.optim.lr * lr_factor(step, planned, cfg.optim.schedule, cfg.optim.warmup_steps)
     for group in opt.param_groups:
@@ -675,7 +664,6 @@ def _micro_backward(
     add: _DriftStats,
 ) -> None:
     """Loss of micro-batch ``idx`` (normalised by the mini-batch ``denom``), NaN guard, backward; metrics to ``add``."""
-
     cfg = run.cfg
     micro = batch.select(idx)
     need_ent = cfg.algo.entropy_coef > 0

@@ -89,7 +89,6 @@ def collect_demos(
     expert's action from the unchanged state is the target. Without it demos never show a rejected action, and a
     cloned policy that makes one tends to repeat it until the turn limit.
     """
-
     demos: list[Demo] = []
     for seed in seeds:
         env = make(env_id, split, max_turns=max_turns, **(env_kwargs or {}))
@@ -166,7 +165,6 @@ def expert_labels(
         RuntimeError: when the replay disagrees with the record (``won``/``valid`` differ): the env is not
             deterministic given its seed and actions, so its labels would be for other states.
     """
-
     by_traj: dict[int, list[Any]] = {}
     for rec in steps:
         by_traj.setdefault(rec.traj_id, []).append(rec)
@@ -228,7 +226,6 @@ def sft_train(
             continues after its step (the result is the one of an uninterrupted call, bit for bit), one of other
             demos or settings is deleted.
     """
-
     if not demos:
         raise ValueError("no demonstrations to train on; raise sft.episodes")
     model = policy.model
@@ -334,7 +331,6 @@ def length_grouped_order(
 
 def run_sft(policy: Policy, cfg: TrainConfig, run_dir: Path, *, console: Any = None) -> dict:
     """Demos → behaviour cloning → evaluation; writes ``run_dir/sft.json`` and returns its content."""
-
     run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     seeds = split_seeds("train", cfg.sft.episodes, start=cfg.sft.seed_offset)
@@ -411,7 +407,6 @@ def _dagger(policy: Policy, cfg: TrainConfig, demos: list[Demo], console: Any, r
     """``sft.dagger_rounds`` rounds of: roll out the policy on fresh train seeds (rollout temperature), label the
     visited states with the expert (:func:`expert_labels`), train on all demos so far. Returns one dict per round
     (its rollout success is the policy's before that round's training)."""
-
     n, per = cfg.sft.episodes, cfg.sft.dagger_episodes
     all_seeds = split_seeds("train", n + cfg.sft.dagger_rounds * per, start=cfg.sft.seed_offset)
     rounds = []
@@ -504,7 +499,6 @@ def run_sft_command(cfg: TrainConfig, *, console: Any = None, export: Path | Non
 
 def build_base_policy(cfg: TrainConfig, *, console: Any = None) -> Policy:
     """Build the model from ``model.spec`` and, when ``sft.enabled``, warm-start it by behaviour cloning."""
-
     policy = Policy.from_spec(
         cfg.model.spec,
         cache_dir=cfg.model.cache_dir,
