@@ -202,3 +202,24 @@ def test_bad_arguments(tiny):
 _TOK = importlib.import_module("empg.policy.tokenizer").train_tokenizer(
     ["<action>win</action> wait"] * 3, vocab_size=300
 )
+
+
+def test_action_memory_lists_the_actions_before_the_history_window(tiny):
+    class Recording(ScriptedPolicy):
+        def chat_prompt_ids(self, messages):
+            self.seen.append(messages[0]["content"])
+            return super().chat_prompt_ids(messages)
+
+    texts = ["<action>wait</action>", "<action>wait</action>", "<action>look</action>", "<action>win</action>"]
+    policy = Recording(tiny.tokenizer, texts)
+    policy.seen = []
+    collect_with_envs(policy, [TimeLimit(CountEnv(need=3), 6)], [0], env_id="count-v0", history=1, action_memory=2)
+    # turn k's prompt: the action of step k-1 in the window, at most 2 earlier ones on the memory line
+    assert [p.split("\n")[2] for p in policy.seen] == [
+        "You have taken 0 step(s).",
+        "You have taken 1 step(s). Your last 1 observation(s) and action(s):",
+        "You have taken 2 step(s). Your actions before the last 1: wait. Your last 1 observation(s) and action(s):",
+        "You have taken 3 step(s). Your actions before the last 1: wait; wait. Your last 1 observation(s) and "
+        "action(s):",
+    ]
+    assert "[Action 3: look]" in policy.seen[3]  # the invalid action is shown in the window as executed

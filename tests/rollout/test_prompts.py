@@ -1,7 +1,7 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from empg.rollout.prompts import action_char_span, build_messages, expert_response, parse_action
+from empg.rollout.prompts import action_char_span, build_messages, expert_response, parse_action, split_past
 
 FMT = (
     "First reason briefly inside <think> </think>. Then give exactly one action inside <action> </action>, "
@@ -95,3 +95,29 @@ def test_expert_response_templates():
     assert expert_response("search", "answer[Paris]").startswith("<think>I have found the answer.</think>")
     assert expert_response("other", "jump") == "<think>I will take the next step.</think>\n<action>jump</action>"
     assert parse_action(expert_response("household", "put apple 1 in/on fridge 1")) == "put apple 1 in/on fridge 1"
+
+
+def test_action_memory_line_golden_and_absent_when_empty():
+    past = [("o1", "go to fridge 1"), ("o2", "open fridge 1"), ("o3", "go to drawer 1"), ("o4", "open drawer 1")]
+    recent, memory = split_past(past, history=1, action_memory=2)
+    assert recent == [("o4", "open drawer 1")] and memory == ["open fridge 1", "go to drawer 1"]
+    (msg,) = build_messages("household", "put a mug in sink.", "o5", recent, 4, None, memory=memory)
+    assert msg["content"] == (
+        "You are an expert agent in a household environment.\n"
+        "Your task is to: put a mug in sink.\n"
+        "You have taken 4 step(s). Your actions before the last 1: open fridge 1; go to drawer 1. "
+        "Your last 1 observation(s) and action(s):\n"
+        "[Observation 4: o4]\n[Action 4: open drawer 1]\n"
+        "Current observation (step 5): o5\n" + FMT
+    )
+    (no_history,) = build_messages("household", "t", "o5", [], 4, None, memory=split_past(past, 0, 9)[1])
+    assert (
+        "Your actions so far: go to fridge 1; open fridge 1; go to drawer 1; open drawer 1.\n" in no_history["content"]
+    )
+    # off (0), or nothing before the window yet: exactly the prompt without the option
+    for mem in (split_past(past, 1, 0)[1], split_past(past[:1], 1, 5)[1]):
+        assert mem == []
+        assert build_messages("household", "t", "o", past[-1:], 4, None, memory=mem) == build_messages(
+            "household", "t", "o", past[-1:], 4, None
+        )
+    assert split_past(past, 6, 3) == (past, [])

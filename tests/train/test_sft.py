@@ -329,3 +329,18 @@ def test_sft_command_with_dagger_rounds(tmp_path, tiny_model_dir):
     assert len(rounds) == 2
     assert all(r["labelled_steps"] >= 3 for r in rounds)  # >= 1 step per episode, up to 3 turns
     assert rounds[1]["demo_steps"] == report["demo_steps"] + rounds[0]["labelled_steps"] + rounds[1]["labelled_steps"]
+
+
+def test_demos_with_action_memory_list_the_earlier_expert_actions(policy):
+    seeds = split_seeds("train", 1)
+    plain = collect_demos(policy, "household-v0", seeds, max_turns=20, history=1)
+    demos = collect_demos(policy, "household-v0", seeds, max_turns=20, history=1, action_memory=3)
+    _, steps = _expert_episode(seeds[0], 20)
+    actions = [a for _, _, a in steps]
+    assert len(demos) == len(plain) == len(actions) >= 4
+    for i, demo in enumerate(demos):
+        text = policy.tokenizer.decode(demo.prompt_ids)
+        earlier = actions[max(0, i - 4) : max(0, i - 1)]
+        assert (f"Your actions before the last 1: {'; '.join(earlier)}. " in text) == bool(earlier)
+        assert (demo.prompt_ids == plain[i].prompt_ids) == (not earlier)
+        assert demo.response_ids == plain[i].response_ids

@@ -98,3 +98,34 @@ def test_every_packaged_warm_start_verifies_and_every_preset_names_one_that_exis
         init = load_config(path).model.init
         if init is not None and "/" not in init:
             assert init in names, f"{path.name} names model.init={init!r}, which is not a packaged warm start"
+
+
+def test_a_warm_start_trained_on_other_prompts_is_refused_before_any_work(tmp_path, tiny_model_dir, fast, capsys):
+    warm = export(
+        tiny_model_dir,
+        tmp_path / "warm",
+        name="warm",
+        rebuild="empg sft --export X",
+        config={"rollout": {"history": 1, "action_memory": 20, "show_admissible": True}},
+        sft={},
+    )
+    run = tmp_path / "run"
+    ok = ["rollout.history=1", "rollout.action_memory=20"]
+    assert load_config(None, fast(run, tiny_model_dir, f"model.init={warm}", *ok)).rollout.action_memory == 20
+    for bad, field in [(["rollout.history=2"], "history"), (["rollout.history=1"], "action_memory")]:
+        with pytest.raises(ConfigError) as e:
+            load_config(None, fast(run, tiny_model_dir, f"model.init={warm}", *bad))
+        assert e.value.field == f"rollout.{field}" and f"rollout.{field}=" in e.value.fix
+    assert main(["train", *fast(run, tiny_model_dir, f"model.init={warm}", "rollout.history=2")]) == 2
+    err = " ".join(capsys.readouterr().err.split())  # the console wraps long messages
+    assert "trained on prompts with rollout.history=1" in err and not run.exists()
+    # a manifest written before action_memory existed means 0
+    old = export(tiny_model_dir, tmp_path / "old", name="old", rebuild="X", config={"rollout": {"history": 1}}, sft={})
+    assert (
+        load_config(None, fast(run, tiny_model_dir, f"model.init={old}", "rollout.history=1")).rollout.action_memory
+        == 0
+    )
+    with pytest.raises(ConfigError, match="action_memory"):
+        load_config(
+            None, fast(run, tiny_model_dir, f"model.init={old}", "rollout.history=1", "rollout.action_memory=2")
+        )

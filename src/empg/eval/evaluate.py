@@ -103,6 +103,7 @@ def evaluate_policy(
     constrain_actions: bool = False,
     constrain_scope: str = "action",
     show_admissible: bool = True,
+    action_memory: int = 0,
 ) -> EvalReport:
     """Play the first ``episodes`` seeds of ``split`` once each and tabulate success (:func:`eval_seeds`).
 
@@ -119,6 +120,7 @@ def evaluate_policy(
         constrain_actions, constrain_scope: decode actions under the admissible-action trie
             (``rollout.constrain_actions``, ``rollout.constrain_scope``).
         show_admissible: list the admissible actions in the prompts (``rollout.show_admissible``).
+        action_memory: list that many earlier actions in the prompts (``rollout.action_memory``).
     """
     seeds = eval_seeds(split, episodes, train_pool)
     generator = torch.Generator().manual_seed(seed)
@@ -138,6 +140,7 @@ def evaluate_policy(
         constrain_actions=constrain_actions,
         constrain_scope=constrain_scope,
         show_admissible=show_admissible,
+        action_memory=action_memory,
     )
     trajs = [t for t in result.trajectories if not t.failed]
     table = success_table([t.task_type for t in trajs], [t.success for t in trajs])
@@ -178,6 +181,7 @@ def evaluate_with_config(
         constrain_actions=cfg.rollout.constrain_actions,
         constrain_scope=cfg.rollout.constrain_scope,
         show_admissible=cfg.rollout.show_admissible,
+        action_memory=cfg.rollout.action_memory,
     )
 
 

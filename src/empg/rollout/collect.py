@@ -79,6 +79,7 @@ def collect(
     constrain_actions: bool = False,
     constrain_scope: str = "action",
     show_admissible: bool = True,
+    action_memory: int = 0,
 ) -> RolloutResult:
     """Roll out ``group_size`` copies of each task ``seeds[g]`` (group ``g``) in lock-step.
 
@@ -104,6 +105,8 @@ def collect(
         constrain_scope: ``"action"`` (the span after ``<action>``) or ``"response"`` (the whole response is one of
             the admissible actions' templated expert responses, thought included: :func:`action_constraint`).
         show_admissible: list the admissible actions in the prompt (they still constrain decoding when hidden).
+        action_memory: also list the actions of up to this many steps before the ``history`` window on one line
+            (0: no such line; :func:`empg.rollout.prompts.split_past`).
     """
     if group_size < 1:
         raise ValueError(f"group_size must be >= 1, got {group_size}")
@@ -129,6 +132,7 @@ def collect(
             constrain_actions=constrain_actions,
             constrain_scope=constrain_scope,
             show_admissible=show_admissible,
+            action_memory=action_memory,
         )
     finally:
         for env in envs:
@@ -151,6 +155,7 @@ def collect_with_envs(
     constrain_actions: bool = False,
     constrain_scope: str = "action",
     show_admissible: bool = True,
+    action_memory: int = 0,
 ) -> RolloutResult:
     """Lock-step rollout over caller-built envs (one trajectory per env; ``envs[i]`` is reset with ``seeds[i]``).
 
@@ -175,7 +180,7 @@ def collect_with_envs(
     while live := [tr for tr in trajs if not tr.done]:
         if progress is not None:
             progress(turn, len(live))
-        prompt_ids = [policy.chat_prompt_ids(_messages(tr, history, show_admissible)) for tr in live]
+        prompt_ids = [policy.chat_prompt_ids(_messages(tr, history, show_admissible, action_memory)) for tr in live]
         t0 = time.perf_counter()
         gens = policy.generate(
             prompt_ids,
@@ -217,15 +222,17 @@ def _reset(tr: _Traj) -> None:
         tr.info = {"error": repr(err)}
 
 
-def _messages(tr: _Traj, history: int, show_admissible: bool = True) -> list[dict]:
+def _messages(tr: _Traj, history: int, show_admissible: bool = True, action_memory: int = 0) -> list[dict]:
     info = tr.info
+    recent, memory = prompts.split_past(tr.past, history, action_memory)
     return prompts.build_messages(
         getattr(tr.env, "family", "generic"),
         tr.task,
         tr.obs,
-        tr.past[-history:] if history > 0 else [],
+        recent,
         len(tr.steps),
         info.get("admissible_actions") if show_admissible else None,
+        memory=memory,
     )
 
 

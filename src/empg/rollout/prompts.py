@@ -46,6 +46,7 @@ def build_messages(
     admissible: list[str] | None,
     *,
     max_admissible: int = 50,
+    memory: list[str] | None = None,
 ) -> list[dict]:
     """Chat messages of one ReAct step (a single user message).
 
@@ -57,6 +58,9 @@ def build_messages(
         step: number of steps already taken (0 at the first step).
         admissible: the env's admissible actions, or None when it does not list them.
         max_admissible: show at most this many admissible actions (then "… and K more").
+        memory: the actions taken before the ``history`` window, oldest first (``rollout.action_memory``), listed on
+            one line so the policy knows what it already did (visited, took, heated) after those steps leave the
+            window; None or empty: no such line (the prompt is then exactly the one without this option).
 
     Returns:
         ``[{"role": "user", "content": text}]``.
@@ -64,10 +68,13 @@ def build_messages(
     lines = [INTRO.get(family, GENERIC_INTRO), f"Your task is to: {task.strip()}"]
     if family in ACTION_HINT:
         lines.append(ACTION_HINT[family])
+    head = f"You have taken {step} step(s)."
+    if memory:
+        head += f" Your actions {f'before the last {len(history)}' if history else 'so far'}: {'; '.join(memory)}."
     if step == 0 or not history:
-        lines.append(f"You have taken {step} step(s).")
+        lines.append(head)
     else:
-        lines.append(f"You have taken {step} step(s). Your last {len(history)} observation(s) and action(s):")
+        lines.append(f"{head} Your last {len(history)} observation(s) and action(s):")
         first = step - len(history) + 1
         for i, (past_obs, past_action) in enumerate(history):
             lines.append(f"[Observation {first + i}: {past_obs.strip()}]\n[Action {first + i}: {past_action.strip()}]")
@@ -78,6 +85,20 @@ def build_messages(
         lines.append("Admissible actions: " + ", ".join(f"'{a}'" for a in shown) + more)
     lines.append(FORMAT)
     return [{"role": "user", "content": "\n".join(lines)}]
+
+
+def split_past(
+    past: list[tuple[str, str]], history: int, action_memory: int = 0
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """The prompt's view of an episode's past (``(observation, action)`` pairs, oldest first): the last ``history``
+    pairs, and the actions of up to ``action_memory`` steps before them (:func:`build_messages`'s ``memory``).
+
+    >>> split_past([("o1", "a1"), ("o2", "a2"), ("o3", "a3"), ("o4", "a4")], history=2, action_memory=1)
+    ([('o3', 'a3'), ('o4', 'a4')], ['a2'])
+    """
+    recent = past[-history:] if history > 0 else []
+    earlier = past[: len(past) - len(recent)]
+    return recent, [action for _, action in earlier[-action_memory:]] if action_memory > 0 else []
 
 
 def parse_action(text: str) -> str | None:

@@ -45,6 +45,7 @@ def rollout_settings(
         "constrain_actions": cfg.rollout.constrain_actions,
         "constrain_scope": cfg.rollout.constrain_scope,
         "show_admissible": cfg.rollout.show_admissible,
+        "action_memory": cfg.rollout.action_memory,
     }
 
 

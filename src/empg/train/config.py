@@ -95,6 +95,7 @@ def validate(cfg: TrainConfig, *, extras: bool = True) -> TrainConfig:
         ("rollout.group_size", 1),
         ("rollout.max_new_tokens", 1),
         ("rollout.history", 0),
+        ("rollout.action_memory", 0),
         ("env.train_pool", 1),
         ("sft.episodes", 1),
         ("sft.steps", 0),
@@ -253,7 +254,7 @@ def validate(cfg: TrainConfig, *, extras: bool = True) -> TrainConfig:
     )
     _check_env_id(cfg.env.id)
     if cfg.model.init is not None:
-        _check_init(cfg.model.init)
+        _check_init(cfg.model.init, cfg)
     if cfg.rollout.constrain_actions:
         _check_admissible(cfg)
     if extras:
@@ -261,12 +262,30 @@ def validate(cfg: TrainConfig, *, extras: bool = True) -> TrainConfig:
     return cfg
 
 
-def _check_init(init: str) -> None:
-    """``model.init`` names a warm start whose files match its manifest (hashes checked here, before any work)."""
+PROMPT_FIELDS = ("history", "action_memory", "show_admissible")  # what a step's prompt shows, besides the env
+PROMPT_DEFAULTS = {"action_memory": 0}  # for manifests written before the field existed
+
+
+def _check_init(init: str, cfg: TrainConfig) -> None:
+    """``model.init`` names a warm start whose files match its manifest (hashes checked here, before any work), and
+    the run builds its prompts as the warm start was trained to read them (``rollout.history``,
+    ``rollout.action_memory``, ``rollout.show_admissible``): a model trained on other prompts starts off-distribution.
+    """
     try:
-        verify(resolve(init))
+        manifest = verify(resolve(init))
     except WarmStartError as e:
         raise ConfigError("model.init", e.problem, e.fix) from None
+    trained = manifest.get("config", {}).get("rollout", {})
+    for name in PROMPT_FIELDS:
+        want = trained.get(name, PROMPT_DEFAULTS.get(name))
+        got = getattr(cfg.rollout, name)
+        _check(
+            want is None or got == want,
+            f"rollout.{name}",
+            f"is {got!r}, but the warm start {init!r} was trained on prompts with rollout.{name}={want!r}",
+            f"set rollout.{name}={want!r}, or use (or build, `empg sft ... --export DIR`) a warm start trained with "
+            f"{got!r}",
+        )
 
 
 def _check_admissible(cfg: TrainConfig) -> None:

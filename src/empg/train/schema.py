@@ -79,6 +79,12 @@ class RolloutConfig:
     top_p: float = _f(1.0, "Nucleus sampling threshold for training rollouts (1.0 = off).")
     max_new_tokens: int = _f(64, "Response cap per step (thought + action), in tokens.")
     history: int = _f(2, "Number of past (observation, action) pairs shown in each step's prompt.")
+    action_memory: int = _f(
+        0,
+        "Also list the actions of up to this many steps before the history window, on one line of the prompt (SFT "
+        "demos, rollouts and evaluation alike), so the policy can tell what it already did (visited, took, heated, "
+        "put) once those steps leave the window. 0: no such line.",
+    )
     show_admissible: bool = _f(
         True,
         "List the step's admissible actions in the prompt (SFT demos and rollouts alike). With constrain_actions "

@@ -74,6 +74,7 @@ def collect_demos(
     noise: float = 0.0,
     invalid_noise: float = 0.0,
     show_admissible: bool = True,
+    action_memory: int = 0,
 ) -> list[Demo]:
     """Expert episodes on ``seeds`` rendered as (prompt, response) token pairs with the rollout's prompt code.
 
@@ -109,9 +110,8 @@ def collect_demos(
                 action = executed
             else:
                 listed = admissible if show_admissible else None  # as the rollout shows it
-                messages = prompts.build_messages(
-                    env.family, info["task"], obs, past[-history:] if history else [], step, listed
-                )
+                recent, memory = prompts.split_past(past, history, action_memory)
+                messages = prompts.build_messages(env.family, info["task"], obs, recent, step, listed, memory=memory)
                 text = prompts.expert_response(env.family, action)
                 demos.append(
                     Demo(policy.chat_prompt_ids(messages), encode_response(policy, text), info["task_type"], seed)
@@ -344,6 +344,7 @@ def run_sft(policy: Policy, cfg: TrainConfig, run_dir: Path, *, console: Any = N
         noise=cfg.sft.noise,
         invalid_noise=cfg.sft.invalid_noise,
         show_admissible=cfg.rollout.show_admissible,
+        action_memory=cfg.rollout.action_memory,
     )
     t_demos = time.perf_counter() - t0
     torch.manual_seed(cfg.seed)
@@ -428,6 +429,7 @@ def _dagger(policy: Policy, cfg: TrainConfig, demos: list[Demo], console: Any, r
             constrain_actions=cfg.rollout.constrain_actions,
             constrain_scope=cfg.rollout.constrain_scope,
             show_admissible=cfg.rollout.show_admissible,
+            action_memory=cfg.rollout.action_memory,
         )
         labelled = expert_labels(
             policy, rollout.steps, cfg.env.id, max_turns=cfg.env.max_turns, env_kwargs=cfg.env.kwargs
