@@ -229,3 +229,83 @@ def test_opening_tag_is_forced_when_the_free_budget_runs_out(tiny):
     assert g.allowed_ids[:5] == [[]] * 5 and all(g.allowed_ids[5 + i] == [t] for i, t in enumerate(tag))
     assert all(abs(g.logprobs[5 + i]) < 1e-6 for i in range(len(tag)))
     assert tok.decode(g.response_ids[5 + len(tag) :]) in CHOICES
+
+
+def _count_forwards(policy):
+    calls = []
+    handle = policy.model.register_forward_hook(lambda *_: calls.append(1))
+    return calls, handle
+
+
+@pytest.mark.parametrize("open_tag", ["", "<action>"])
+def test_jump_forward_greedy_equals_one_token_steps(tiny, open_tag):
+    """Greedy decoding with jump-forward emits the same tokens, allowed sets and finish reasons as one decode step
+    per token, with the same recorded log-probs and entropies to float rounding, in fewer forwards. Rows of
+    different prompt lengths (left padding) and, with the opening tag, free text, a forced tag and then a choice."""
+    prompt = _prompt(tiny)
+    prompts = [prompt[: len(prompt) - i] for i in range(5)]
+    cons = [ActionConstraint(open_tag, CHOICES + ("take apple 1 from fridge 1</action>",)) for _ in prompts]
+    runs = {}
+    for jump in (False, True):
+        calls, handle = _count_forwards(tiny)
+        sampling = SamplingParams(max_new_tokens=4, greedy=True, jump_forward=jump)
+        runs[jump] = (tiny.generate(prompts, sampling=sampling, stop=None, constraints=cons), len(calls))
+        handle.remove()
+    (plain, n_plain), (jumped, n_jumped) = runs[False], runs[True]
+    for a, b in zip(plain, jumped, strict=True):
+        assert (a.response_ids, a.allowed_ids, a.finish_reason, a.constrained) == (
+            b.response_ids, b.allowed_ids, b.finish_reason, b.constrained)  # fmt: skip
+        torch.testing.assert_close(torch.tensor(b.logprobs), torch.tensor(a.logprobs), atol=1e-5, rtol=0)
+        torch.testing.assert_close(torch.tensor(b.entropies), torch.tensor(a.entropies), atol=1e-5, rtol=0)
+    assert n_jumped < n_plain
+
+
+def test_jump_forward_takes_two_forwards_for_two_choices_that_share_a_prefix(tiny):
+    """Two choices that differ in one token: the prefill, one forward that feeds the (forced) shared prefix, and
+    nothing after the branch (the rest is forced up to the leaf, which ends the row): 2 forwards, against the
+    response's length without jump-forward. Forced tokens are recorded with log-prob 0, entropy 0 and their one
+    allowed id."""
+    tok = tiny.tokenizer
+    a, b = "take apple 1 from countertop 1</action>", "take apple 1 from fridge 1</action>"
+    ids_a, ids_b = (tok.encode(x, add_special_tokens=False) for x in (a, b))
+    split = next(i for i, (x, y) in enumerate(zip(ids_a, ids_b, strict=False)) if x != y)
+    assert split >= 2
+    counts = {}
+    for jump in (False, True):
+        calls, handle = _count_forwards(tiny)
+        (g,) = tiny.generate(
+            [_prompt(tiny)],
+            sampling=SamplingParams(max_new_tokens=4, jump_forward=jump),
+            generator=torch.Generator().manual_seed(2),
+            constraints=[ActionConstraint("", (a, b))],
+        )
+        handle.remove()
+        counts[jump] = (len(calls), len(g.response_ids))
+        assert g.text in (a, b) and g.finish_reason == "stop"
+        n = len(g.response_ids)
+        assert [len(x) for x in g.allowed_ids] == [1] * split + [2] + [1] * (n - split - 1)
+        assert all(g.logprobs[i] == 0.0 and g.entropies[i] == 0.0 for i in range(n) if i != split)
+    assert counts[True][0] == 2
+    assert counts[False][0] == counts[False][1]  # the prefill, then one forward per token but the last
+
+
+def test_jump_forward_recorded_equals_recomputed_under_the_same_masks(tiny):
+    """Sampling with jump-forward: every response is a choice and the recorded log-probs and entropies equal the
+    trainer's recomputation of the packed responses under the same masks (the PPO ratio stays exact)."""
+    prompt = _prompt(tiny)
+    prompts = [prompt[: len(prompt) - i] for i in range(6)]
+    choices = CHOICES + ("take apple 1 from fridge 1</action>", "go to fridge 1</action>")
+    gens = tiny.generate(
+        prompts,
+        sampling=SamplingParams(temperature=0.8, max_new_tokens=6, jump_forward=True),
+        generator=torch.Generator().manual_seed(5),
+        constraints=[ActionConstraint("", choices) for _ in prompts],
+    )
+    assert all(g.text in choices for g in gens)
+    batch = pack(prompts, [g.response_ids for g in gens], tiny.pad_id, allowed=[g.allowed_ids for g in gens])
+    lp, ent = response_logprobs(tiny.model, batch, temperature=0.8, with_entropy=True)
+    P = batch.response_start
+    for i, g in enumerate(gens):
+        n = len(g.response_ids)
+        torch.testing.assert_close(lp[i, P : P + n], torch.tensor(g.logprobs), atol=1e-5, rtol=0)
+        torch.testing.assert_close(ent[i, P : P + n], torch.tensor(g.entropies), atol=1e-5, rtol=0)

@@ -12,10 +12,18 @@ from empg.train import rl
 from empg.train.config import ConfigError, load_config
 
 
-def test_constrained_rollouts_are_valid_and_recorded_logprobs_are_the_trainers(tmp_path, tiny_model_dir, fast):
+@pytest.mark.parametrize(
+    "extra",
+    [(), ("rollout.jump_forward=true",), ("rollout.jump_forward=true", "rollout.constrain_scope=response")],
+    ids=["one-token-steps", "jump-forward", "jump-forward-whole-response"],
+)
+def test_constrained_rollouts_are_valid_and_recorded_logprobs_are_the_trainers(tmp_path, tiny_model_dir, fast, extra):
     """An untrained model under the trie never sends an invalid action; what generation recorded equals the
-    trainer's recomputation under the same masks (to 1e-5), so using the recorded values (no scoring pass) is exact."""
-    cfg = load_config(None, fast(tmp_path / "run", tiny_model_dir, "rollout.constrain_actions=true", "env.max_turns=4"))
+    trainer's recomputation under the same masks (to 1e-5), so using the recorded values (no scoring pass) is exact.
+    Also when jump-forward decoding feeds the forced tokens several at a time (right-padded in the cache)."""
+    cfg = load_config(
+        None, fast(tmp_path / "run", tiny_model_dir, "rollout.constrain_actions=true", "env.max_turns=4", *extra)
+    )
     run = rl.setup_run(cfg)
     steps, trajs, metrics = rl.rollout_phase(run, 0)
     assert steps and metrics["train/invalid_rate"] == 0.0 and metrics["train/unconstrained_steps"] == 0.0
@@ -24,7 +32,7 @@ def test_constrained_rollouts_are_valid_and_recorded_logprobs_are_the_trainers(t
     assert batch.allowed is not None
     recorded_lp, recorded_ent = batch.old_logprobs.clone(), batch.token_entropy.clone()
     rescore = load_config(
-        None, fast(tmp_path / "run2", tiny_model_dir, "rollout.constrain_actions=true", "rollout.rescore=true")
+        None, fast(tmp_path / "run2", tiny_model_dir, "rollout.constrain_actions=true", "rollout.rescore=true", *extra)
     )
     run.cfg = rescore
     rl.score_phase(run, batch, 0)  # recomputes into batch.old_logprobs / token_entropy
@@ -70,9 +78,11 @@ def test_constrain_actions_needs_an_env_that_lists_them(tmp_path, tiny_model_dir
     assert not (tmp_path / "run").exists()  # nothing was started
 
 
-def test_constrained_run_trains_and_evaluates_without_invalid_actions(tmp_path, tiny_model_dir, fast):
+@pytest.mark.parametrize("extra", [(), ("rollout.jump_forward=true",)], ids=["one-token-steps", "jump-forward"])
+def test_constrained_run_trains_and_evaluates_without_invalid_actions(tmp_path, tiny_model_dir, fast, extra):
     run_dir = tmp_path / "run"
-    assert main(["train", *fast(run_dir, tiny_model_dir, "rollout.constrain_actions=true", "algo.empg=true")]) == 0
+    args = fast(run_dir, tiny_model_dir, "rollout.constrain_actions=true", "algo.empg=true", *extra)
+    assert main(["train", *args]) == 0
     rows = read_metrics(run_dir)
     assert rows[-1]["eval_out/invalid_rate"] == 0.0
     assert all(r["train/invalid_rate"] == 0.0 for r in rows)

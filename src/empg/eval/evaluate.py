@@ -172,6 +172,7 @@ def evaluate_with_config(
             temperature=cfg.eval.temperature,
             max_new_tokens=cfg.rollout.max_new_tokens,
             greedy=greedy or cfg.eval.greedy,
+            jump_forward=cfg.rollout.jump_forward,
         ),
         max_turns=cfg.env.max_turns,
         history=cfg.rollout.history,

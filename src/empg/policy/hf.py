@@ -222,7 +222,9 @@ class Policy:
             constraints: per prompt an :class:`~empg.policy.constrain.ActionConstraint` or None: after its opening
                 tag the row may only emit one of its choices (token trie), and ends when a choice is complete. The
                 constrained span is not counted against ``max_new_tokens``; a row that reaches ``max_new_tokens``
-                in free text gets the opening tag forced (log-prob 0) and then chooses.
+                in free text gets the opening tag forced (log-prob 0) and then chooses. With
+                ``sampling.jump_forward`` the tokens the trie forces are fed with the sampled token before them in
+                one forward (right-padded across rows, the pads masked), not one decode step each.
         """
         if not prompt_ids:
             return []
@@ -428,6 +430,22 @@ class _RowState:
             self.node, self.entered = self.trie.root, True
         return False
 
+    def follow_forced(self) -> list[int]:
+        """Inside a choice, step over the tokens the trie forces next (while the node has one child), recording
+        each as the only allowed token, and return them; the choice is complete when :attr:`done` is then True."""
+        chain: list[int] = []
+        while self.node is not None and len(self.node) == 1:
+            (token,) = self.node
+            self.allowed.append([token])
+            self.node = self.node[token]
+            chain.append(token)
+        return chain
+
+    @property
+    def done(self) -> bool:
+        """A constrained choice has been completed (the row's node is a leaf)."""
+        return self.node is not None and not self.node
+
 
 def _allowed_mask(states: list[_RowState], rows: list[int], vocab: int, device) -> Tensor | None:
     """(b, V) bool mask of the live rows' allowed next tokens (all True for free rows); None when no row is
@@ -478,17 +496,23 @@ def _sample_loop(policy, prompt_ids, sampling: SamplingParams, generator, stop, 
                     keep.append(j)
             else:
                 keep.append(j)
+        feed = [[tl[j]] for j in keep]  # each continuing row's input tokens for the next forward
+        if sampling.jump_forward:
+            keep, feed = _jump_forward(states, rows, keep, feed, resp, lps, ents, reason, record)
         if not keep:
             break
         if len(keep) < len(rows):  # drop finished rows from the batch and the cache
             sel = torch.tensor(keep, device=tokens.device)
             past.batch_select_indices(sel)
-            tokens, attn, next_pos = tokens[sel], attn[sel], next_pos[sel]
+            attn, next_pos = attn[sel], next_pos[sel]
             rows = [rows[j] for j in keep]
-        attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
-        out = model(input_ids=tokens[:, None], attention_mask=attn, position_ids=next_pos, use_cache=True,
+        ids, new_attn, last = _feed_tensors(feed, policy.pad_id, attn.device)
+        attn = torch.cat([attn, new_attn], dim=1)
+        positions = next_pos + torch.arange(ids.shape[1], device=next_pos.device)
+        out = model(input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=True,
                     **{cache_arg: past})  # fmt: skip
-        past, logits, next_pos = _cache_of(out), out.logits[:, -1], next_pos + 1
+        past, next_pos = _cache_of(out), next_pos + last[:, None] + 1
+        logits = out.logits[:, -1] if ids.shape[1] == 1 else out.logits[torch.arange(len(feed)), last]
     return [
         Generation(
             response_ids=resp[i],
@@ -501,6 +525,44 @@ def _sample_loop(policy, prompt_ids, sampling: SamplingParams, generator, stop, 
         )
         for i in range(B)
     ]
+
+
+def _jump_forward(states, rows, keep, feed, resp, lps, ents, reason, record):
+    """Append to every continuing row the tokens its trie forces next (``_RowState.follow_forced``: log-prob 0,
+    entropy 0, recorded as in one-token decoding) and feed them with the row's sampled token in one forward. A row
+    whose forced tokens complete its choice ends here (reason "stop") and needs no forward. Returns the rows that go
+    on (indices into ``rows``) and their input tokens."""
+    kept, fed = [], []
+    for j, tokens in zip(keep, feed, strict=True):
+        i = rows[j]
+        chain = states[i].follow_forced()
+        resp[i].extend(chain)
+        if record:
+            lps[i].extend([0.0] * len(chain))
+            ents[i].extend([0.0] * len(chain))
+        if states[i].done:
+            reason[i] = "stop"
+        else:
+            kept.append(j)
+            fed.append(tokens + chain)
+    return kept, fed
+
+
+def _feed_tensors(feed: list[list[int]], pad_id: int, device) -> tuple[Tensor, Tensor, Tensor]:
+    """Input ids (b, K), their attention mask (b, K) and each row's last real index (b,) for rows fed ``feed[r]``
+    (1..K tokens each), right-padded with ``pad_id`` under mask 0: a padded slot stays in the cache, masked from
+    every later query, and the row's next position id follows its last real token."""
+    K = max(len(f) for f in feed)
+    if K == 1:
+        ids = torch.tensor(feed, dtype=torch.long, device=device)
+        return ids, torch.ones_like(ids), torch.zeros(len(feed), dtype=torch.long, device=device)
+    ids = torch.full((len(feed), K), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(feed), K), dtype=torch.long)
+    for r, f in enumerate(feed):
+        ids[r, : len(f)] = torch.tensor(f, dtype=torch.long)
+        mask[r, : len(f)] = 1
+    last = torch.tensor([len(f) - 1 for f in feed], dtype=torch.long)
+    return ids.to(device), mask.to(device), last.to(device)
 
 
 # ============================================================================== cached builds

@@ -5,7 +5,7 @@
 :class:`SamplingParams`, so a setting is named, defaulted and checked in one place.
 
 >>> SamplingParams(temperature=0.4, max_new_tokens=48)
-SamplingParams(temperature=0.4, top_p=1.0, max_new_tokens=48, greedy=False)
+SamplingParams(temperature=0.4, top_p=1.0, max_new_tokens=48, greedy=False, jump_forward=False)
 >>> SamplingParams(temperature=0)
 Traceback (most recent call last):
 ...
@@ -27,12 +27,18 @@ class SamplingParams:
         top_p: nucleus threshold in (0, 1] (1 = off).
         max_new_tokens: cap on the tokens of one response (>= 1).
         greedy: argmax decoding instead of sampling.
+        jump_forward: in constrained decoding, feed every token the trie forces (a node with one child: log-prob 0,
+            entropy 0) to the model in the same forward as the token sampled before it, instead of one decode
+            step each (the hf back end; others ignore it). The same distribution of responses and the same
+            recorded quantities (to float rounding), in fewer forwards; the random stream differs, because forced
+            tokens no longer draw a number, so a run's samples are not those of a run without it.
     """
 
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 64
     greedy: bool = False
+    jump_forward: bool = False
 
     def __post_init__(self) -> None:
         if not self.temperature > 0:

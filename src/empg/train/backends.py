@@ -36,7 +36,10 @@ def rollout_settings(
         record_behaviour = not rescores(cfg)
     return {
         "sampling": SamplingParams(
-            temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, max_new_tokens=cfg.rollout.max_new_tokens
+            temperature=cfg.rollout.temperature,
+            top_p=cfg.rollout.top_p,
+            max_new_tokens=cfg.rollout.max_new_tokens,
+            jump_forward=cfg.rollout.jump_forward,
         ),
         "max_turns": cfg.env.max_turns,
         "history": cfg.rollout.history,

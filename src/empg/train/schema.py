@@ -104,6 +104,14 @@ class RolloutConfig:
         "(the whole response is one admissible action's templated expert response, thought included, so the "
         "thought never names another action than the one taken).",
     )
+    jump_forward: bool = _f(
+        False,
+        "With constrain_actions: feed the tokens the admissible-action trie forces (a prefix shared by every choice "
+        "left: log-prob 0, entropy 0) in one forward with the token sampled before them, instead of one decode step "
+        "each (hf back end; training rollouts, DAgger and evaluation alike). Same response distribution and "
+        "recorded log-probs/entropies (to float rounding), fewer forwards; but a different random stream, so "
+        "samples and evaluations are not those of a run without it (compare runs with the same setting).",
+    )
     rescore: bool = _f(
         False,
         "Recompute the behaviour log-probs and entropies in a no-grad forward before the update (as verl does) "

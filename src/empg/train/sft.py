@@ -420,7 +420,11 @@ def _dagger(policy: Policy, cfg: TrainConfig, demos: list[Demo], console: Any, r
             cfg.env.id,
             all_seeds[n + r * per : n + (r + 1) * per],
             group_size=1,
-            sampling=SamplingParams(temperature=cfg.rollout.temperature, max_new_tokens=cfg.rollout.max_new_tokens),
+            sampling=SamplingParams(
+                temperature=cfg.rollout.temperature,
+                max_new_tokens=cfg.rollout.max_new_tokens,
+                jump_forward=cfg.rollout.jump_forward,
+            ),
             max_turns=cfg.env.max_turns,
             history=cfg.rollout.history,
             record_behaviour=False,
