@@ -12,7 +12,7 @@ import torch
 
 from empg.algos.entropy import token_renyi2
 from empg.cli import main
-from empg.study.prop1 import StepValues, correlations, score_norms, step_means
+from empg.study.prop1 import StepValues, correlations, restrict_to_allowed, score_norms, step_means
 
 
 def _logits(rows: int = 16, vocab: int = 11, scale: float = 3.0, seed: int = 0) -> torch.Tensor:
@@ -93,6 +93,25 @@ def test_step_means_and_correlations():
     assert correlations(np.arange(2.0), np.arange(2.0)) == {"pearson": None, "spearman": None}
 
 
+def test_restricted_score_norms_are_those_of_the_allowed_softmax():
+    """Golden rows: two allowed tokens give the two-way softmax's values, one allowed token is certain (norms 0,
+    H2 0), an all -1 row keeps the full softmax; id 0 counts only when listed (-1 padding is not id 0)."""
+    z = _logits(rows=4, vocab=5, seed=3)
+    allowed = torch.tensor([[1, 3, -1], [2, -1, -1], [-1, -1, -1], [0, 4, -1]])
+    tokens = torch.tensor([3, 2, 1, 0])
+    got = score_norms(restrict_to_allowed(z, allowed), tokens)
+    for row, ids, a in ((0, [1, 3], 1), (3, [0, 4], 0)):
+        p = torch.softmax(z[row, ids], -1)
+        s2 = float((p * p).sum())
+        assert float(got["expected"][row]) == pytest.approx(1 - s2, abs=1e-12)
+        assert float(got["realised"][row]) == pytest.approx(1 - 2 * float(p[a]) + s2, abs=1e-12)
+    assert float(got["expected"][1]) == 0.0 and float(got["realised"][1]) == 0.0
+    assert float(got["renyi2"][1]) == pytest.approx(0.0, abs=1e-12)
+    full = score_norms(z[2:3], tokens[2:3])
+    assert float(got["expected"][2]) == pytest.approx(float(full["expected"][0]), abs=1e-12)
+    assert torch.isinf(restrict_to_allowed(z, allowed)[1, 0]) and torch.isinf(restrict_to_allowed(z, allowed)[0, 0])
+
+
 # ----------------------------------------------------------------------------- the command on a tiny run
 @pytest.fixture(scope="module")
 def tiny_run(tiny, tmp_path_factory):
@@ -155,3 +174,20 @@ def test_help_documents_every_option(capsys):
     text = capsys.readouterr().out
     for item in ("RUN_DIR", "--episodes", "--out", "--split", "--checkpoint", "--seed", "1 − exp(−H₂)"):
         assert item in text
+
+
+def test_prop1_under_constrained_decoding_uses_the_restricted_policy(tiny, tmp_path):
+    """With rollout.constrain_actions the behaviour policy is the softmax restricted to the admissible actions'
+    tokens: forced tokens (one allowed id) have score norm 0 and H2 0, which the untrained model's full softmax
+    (near uniform over the vocabulary) never gives."""
+    tiny.save(tmp_path / "model")
+    run_dir = tmp_path / "run"
+    overrides = [f"run_dir={run_dir}", f"model.spec={tmp_path / 'model'}", "iterations=0", "sft.enabled=false"]
+    overrides += ["env.max_turns=2", "rollout.max_new_tokens=8", "log.plots=false", "log.progress=false"]
+    assert main(["train", "--config", "configs/household-tiny.yaml", "model.init=null", *overrides]) == 0
+    assert main(["prop1", str(run_dir), "--episodes", "2", "--out", str(tmp_path / "p1")]) == 0
+    tok = {k: np.array(v) for k, v in json.loads((tmp_path / "p1" / "prop1.json").read_text())["tokens"].items()}
+    forced = tok["expected"] < 1e-9
+    assert forced.mean() > 0.5  # constrain_scope=response: most tokens of a templated response are forced
+    assert np.abs(tok["realised"][forced]).max() < 1e-6 and np.abs(tok["renyi2"][forced]).max() < 1e-6
+    assert tok["expected"].max() < 0.95  # a branch offers a few admissible tokens, not the near-uniform vocabulary

@@ -17,7 +17,9 @@ with z = logits / ``rollout.temperature`` (the behaviour policy; at temperature 
 gradient w.r.t. the raw logits is this one divided by the temperature). Per step (one response) it averages each
 over the step's response tokens. It reports the Pearson and Spearman correlations per token (realised vs expected)
 and per step (step-mean realised vs step-mean expected, and vs step-mean H₂), plus mean realised vs mean expected,
-which agree in expectation when tokens are sampled from π (``rollout.top_p`` = 1).
+which agree in expectation when tokens are sampled from π (``rollout.top_p`` = 1). Under constrained decoding
+(``rollout.constrain_actions``) π is the softmax restricted to each position's allowed tokens, the distribution that
+was sampled from and that the trainer updates (:func:`restrict_to_allowed`; a forced token has π = 1 and norm 0).
 
 Outputs in ``--out`` (default ``RUN_DIR/prop1``): ``prop1.json`` (summary, per-step rows, per-token values) and
 ``prop1.png`` (realised norm vs H₂ per token and per step, with the curve 1 − exp(−H₂)).
@@ -73,6 +75,20 @@ def score_norms(logits: Any, tokens: Any, *, temperature: float = 1.0, chunk_siz
         parts["p_token"].append(p_a)
     empty = torch.zeros(0, dtype=dtype)
     return {k: torch.cat(v) if v else empty for k, v in parts.items()}
+
+
+def restrict_to_allowed(logits: Any, allowed: Any) -> Any:
+    """``logits`` (N, V) with every token outside its position's allowed set set to -inf, so that the softmax is the
+    constrained-decoding distribution (:mod:`empg.policy.constrain`) and the score function is that of the policy
+    the trainer updates (forced positions: π = 1, score norm 0). ``allowed`` (N, K): the allowed ids, -1 padded;
+    an all -1 row is unconstrained and keeps the full softmax."""
+    import torch
+
+    valid = allowed >= 0  # (N, K)
+    hits = torch.zeros(logits.shape, dtype=torch.long, device=logits.device)
+    hits.scatter_add_(-1, allowed.clamp_min(0), valid.long())  # padding adds 0 at id 0
+    keep = (hits > 0) | ~valid.any(-1, keepdim=True)
+    return logits.masked_fill(~keep, float("-inf"))
 
 
 @dataclass
@@ -137,7 +153,10 @@ def score_steps(policy: Any, steps: list, won: dict[int, bool], temperature: flo
             logits = forward_logits(policy.model, ids, att, pos, keep=width - start + 1)[:, :-1]  # (b, R, V)
             mask = batch.response_mask[idx, start:] != 0  # (b, R) on the CPU
             on_dev = mask.to(device)
-            vals = score_norms(logits[on_dev].float(), ids[:, start:][on_dev], temperature=temperature)
+            z = logits[on_dev].float()
+            if batch.allowed is not None:  # constrained decoding: the behaviour policy is the restricted softmax
+                z = restrict_to_allowed(z, batch.allowed[idx, start:].to(device)[on_dev])
+            vals = score_norms(z, ids[:, start:][on_dev], temperature=temperature)
             for key in parts:
                 parts[key].append(vals[key].double().cpu().numpy())
             rows.append(idx.view(-1, 1).expand_as(mask)[mask].numpy())
