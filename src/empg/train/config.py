@@ -246,13 +246,6 @@ def validate(cfg: TrainConfig, *, extras: bool = True) -> TrainConfig:
         "use model.backend=hf with rollout.constrain_actions=true, or rollout.constrain_actions=false with vllm",
     )
     _check(
-        cfg.rollout.constrain_actions or not cfg.rollout.jump_forward,
-        "rollout.jump_forward",
-        "jump-forward decoding skips over the tokens the admissible-action trie forces, so it needs constrained "
-        "decoding, which is off",
-        "add rollout.constrain_actions=true, or drop rollout.jump_forward=true",
-    )
-    _check(
         not (cfg.model.dtype == "float16" and cfg.model.device == "cpu"),
         "model.dtype",
         "float16 on the CPU: many CPU kernels lack float16 and its 5-bit exponent overflows in the softmax without "

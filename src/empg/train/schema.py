@@ -110,7 +110,8 @@ class RolloutConfig:
         "left: log-prob 0, entropy 0) in one forward with the token sampled before them, instead of one decode step "
         "each (hf back end; training rollouts, DAgger and evaluation alike). Same response distribution and "
         "recorded log-probs/entropies (to float rounding), fewer forwards; but a different random stream, so "
-        "samples and evaluations are not those of a run without it (compare runs with the same setting).",
+        "samples and evaluations are not those of a run without it (compare runs with the same setting). No "
+        "effect without constrain_actions (free text forces nothing).",
     )
     rescore: bool = _f(
         False,
