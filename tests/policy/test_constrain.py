@@ -95,13 +95,13 @@ def test_masked_equals_renormalised_softmax_property(k, temperature, seed):
     torch.testing.assert_close(ent[0, 0], -(p * p.log()).sum(), atol=1e-5, rtol=0)
 
 
-def _constrained_generate(policy, n=6, open_tag="", seed=0, temperature=1.0, choices=CHOICES):
+def _constrained_generate(policy, n=6, open_tag="", seed=0, temperature=1.0, choices=CHOICES, jump_forward=False):
     prompt = _prompt(policy)
     prompts = [prompt[: len(prompt) - i] for i in range(n)]  # different lengths: left padding in the batch
     cons = [ActionConstraint(open_tag, choices) for _ in prompts]
     gens = policy.generate(
         prompts,
-        sampling=SamplingParams(temperature=temperature, max_new_tokens=6),
+        sampling=SamplingParams(temperature=temperature, max_new_tokens=6, jump_forward=jump_forward),
         generator=torch.Generator().manual_seed(seed),
         constraints=cons,
     )
@@ -120,8 +120,15 @@ def test_constrained_generation_emits_only_choices_and_finishes_them(tiny):
     assert max(len(g.response_ids) for g in gens) > 6  # the take choice has more than 6 tokens
 
 
-def test_recorded_equals_recomputed_under_the_same_masks(tiny):
-    prompts, gens = _constrained_generate(tiny, n=6, temperature=0.8, seed=3)
+@pytest.mark.parametrize("jump_forward", [False, True])
+def test_recorded_equals_recomputed_under_the_same_masks(tiny, jump_forward):
+    """What generation recorded equals the trainer's recomputation of the packed responses under the same masks (the
+    PPO ratio stays exact), also when jump-forward feeds the forced tokens several at a time."""
+    choices = CHOICES + ("take apple 1 from fridge 1</action>", "go to fridge 1</action>")
+    prompts, gens = _constrained_generate(
+        tiny, n=6, temperature=0.8, seed=3, choices=choices, jump_forward=jump_forward
+    )
+    assert all(g.text in choices for g in gens)
     batch = pack(prompts, [g.response_ids for g in gens], tiny.pad_id, allowed=[g.allowed_ids for g in gens])
     assert batch.allowed is not None
     lp, ent = response_logprobs(tiny.model, batch, temperature=0.8, with_entropy=True)
@@ -287,25 +294,3 @@ def test_jump_forward_takes_two_forwards_for_two_choices_that_share_a_prefix(tin
         assert all(g.logprobs[i] == 0.0 and g.entropies[i] == 0.0 for i in range(n) if i != split)
     assert counts[True][0] == 2
     assert counts[False][0] == counts[False][1]  # the prefill, then one forward per token but the last
-
-
-def test_jump_forward_recorded_equals_recomputed_under_the_same_masks(tiny):
-    """Sampling with jump-forward: every response is a choice and the recorded log-probs and entropies equal the
-    trainer's recomputation of the packed responses under the same masks (the PPO ratio stays exact)."""
-    prompt = _prompt(tiny)
-    prompts = [prompt[: len(prompt) - i] for i in range(6)]
-    choices = CHOICES + ("take apple 1 from fridge 1</action>", "go to fridge 1</action>")
-    gens = tiny.generate(
-        prompts,
-        sampling=SamplingParams(temperature=0.8, max_new_tokens=6, jump_forward=True),
-        generator=torch.Generator().manual_seed(5),
-        constraints=[ActionConstraint("", choices) for _ in prompts],
-    )
-    assert all(g.text in choices for g in gens)
-    batch = pack(prompts, [g.response_ids for g in gens], tiny.pad_id, allowed=[g.allowed_ids for g in gens])
-    lp, ent = response_logprobs(tiny.model, batch, temperature=0.8, with_entropy=True)
-    P = batch.response_start
-    for i, g in enumerate(gens):
-        n = len(g.response_ids)
-        torch.testing.assert_close(lp[i, P : P + n], torch.tensor(g.logprobs), atol=1e-5, rtol=0)
-        torch.testing.assert_close(ent[i, P : P + n], torch.tensor(g.entropies), atol=1e-5, rtol=0)
