@@ -60,10 +60,11 @@ from empg.rollout import collect, collect_with_envs
 from empg.rollout.types import RolloutResult, StepRecord
 from empg.train import checkpoint as ckpt
 from empg.train import fsdp as fs
-from empg.train.advantage import StepTable, episode_returns, step_table, to_tokens
+from empg.train.advantage import episode_returns, step_table, to_tokens
 from empg.train.backends import rescores, rollout_backends, rollout_settings, sync_rollout_weights
 from empg.train.batch import StepBatch
 from empg.train.config import TrainConfig, to_yaml
+from empg.train.diagnostics import entropy_metrics
 from empg.train.distributed import (
     LOCAL,
     DistInfo,
@@ -80,7 +81,7 @@ from empg.train.distributed import (
     reducer,
 )
 from empg.train.forward import response_logits, response_logprobs
-from empg.train.metrics import MetricsLogger, NonFiniteError, check_finite, masked_mean, truncate_jsonl
+from empg.train.metrics import MetricsLogger, NonFiniteError, check_finite, truncate_jsonl
 from empg.train.optim import make_optimizer, model_dtype
 from empg.train.progress import Progress, iteration_summary, stamp
 from empg.train.schedule import lr_factor
@@ -754,35 +755,6 @@ def _sft_eval_metrics(run: Run) -> dict[str, float] | None:
 
 
 # ============================================================================= diagnostics and logging
-def entropy_metrics(batch: StepBatch, table: StepTable, run_dir: Path, iteration: int) -> dict[str, float]:
-    """Token entropy (all / thought / action tokens) and the step entropy H the advantages use, by outcome; appends
-    ``step_entropy.jsonl``."""
-    import json
-
-    mask = batch.response_mask
-    ent = batch.token_entropy
-    action = batch.action_mask * mask
-    thought = mask * (1 - batch.action_mask)
-    h_step = table.entropy
-    success = table.success[table.traj]
-    out = {
-        "entropy/token_mean": masked_mean(ent, mask),
-        "entropy/thought_token": masked_mean(ent, thought),
-        "entropy/action_token": masked_mean(ent, action),
-        "entropy/step_mean": float(h_step.mean()),
-        "entropy/step_success": float(h_step[success].mean()) if bool(success.any()) else float("nan"),
-        "entropy/step_failure": float(h_step[~success].mean()) if bool((~success).any()) else float("nan"),
-    }
-    row = {
-        "iteration": iteration,
-        "success": [round(float(h), 5) for h in h_step[success]],
-        "failure": [round(float(h), 5) for h in h_step[~success]],
-    }
-    with (run_dir / STEP_ENTROPY).open("a") as fh:
-        fh.write(json.dumps(row) + "\n")
-    return out
-
-
 def _log(run: Run, iteration: int, metrics: dict[str, Any]) -> None:
     run.logger.log(metrics, step=iteration)
     run.history.append({"iteration": iteration, **metrics})
