@@ -204,6 +204,27 @@ _TOK = importlib.import_module("empg.policy.tokenizer").train_tokenizer(
 )
 
 
+def test_task_reminder_ends_every_prompt_of_the_rollout_with_the_task(tiny):
+    class Recording(ScriptedPolicy):
+        def chat_prompt_ids(self, messages):
+            self.seen.append(messages[0]["content"])
+            return super().chat_prompt_ids(messages)
+
+    texts = ["<action>wait</action>", "<action>wait</action>", "<action>win</action>"]
+    runs = []
+    for reminder in (False, True):
+        policy = Recording(tiny.tokenizer, texts)
+        policy.seen = []
+        env = TimeLimit(CountEnv(need=3), 6)
+        collect_with_envs(policy, [env], [0], env_id="count-v0", history=1, task_reminder=reminder)
+        runs.append(policy.seen)
+    plain, reminded = runs
+    assert len(plain) == len(reminded) >= 3
+    task = plain[0].split("\n")[1]
+    assert task.startswith("Your task is to: ")
+    assert reminded == [p + "\n" + task for p in plain]
+
+
 def test_action_memory_lists_the_actions_before_the_history_window(tiny):
     class Recording(ScriptedPolicy):
         def chat_prompt_ids(self, messages):

@@ -121,3 +121,21 @@ def test_action_memory_line_golden_and_absent_when_empty():
             "household", "t", "o", past[-1:], 4, None
         )
     assert split_past(past, 6, 3) == (past, [])
+
+
+def test_task_reminder_repeats_the_task_as_the_last_line_golden():
+    adm = ["go to sink 1", "take mug 1 from sink 1"]
+    past = [("o1", "go to sink 1")]
+    (msg,) = build_messages("household", " put a mug in sink. ", "o2", past, 1, adm, task_reminder=True)
+    assert msg["content"] == (
+        "You are an expert agent in a household environment.\n"
+        "Your task is to: put a mug in sink.\n"
+        "You have taken 1 step(s). Your last 1 observation(s) and action(s):\n"
+        "[Observation 1: o1]\n[Action 1: go to sink 1]\n"
+        "Current observation (step 2): o2\n"
+        "Admissible actions: 'go to sink 1', 'take mug 1 from sink 1'\n" + FMT + "\n"
+        "Your task is to: put a mug in sink."
+    )
+    # off: exactly the prompt without the option (the line is appended, nothing else moves)
+    (off,) = build_messages("household", " put a mug in sink. ", "o2", past, 1, adm)
+    assert msg["content"] == off["content"] + "\nYour task is to: put a mug in sink."

@@ -331,6 +331,18 @@ def test_sft_command_with_dagger_rounds(tmp_path, tiny_model_dir):
     assert rounds[1]["demo_steps"] == report["demo_steps"] + rounds[0]["labelled_steps"] + rounds[1]["labelled_steps"]
 
 
+def test_demos_with_task_reminder_end_each_prompt_with_the_task(policy):
+    seeds = split_seeds("train", 1)
+    plain = collect_demos(policy, "household-v0", seeds, max_turns=20, history=1)
+    demos = collect_demos(policy, "household-v0", seeds, max_turns=20, history=1, task_reminder=True)
+    assert len(demos) == len(plain) >= 4
+    for demo, base in zip(demos, plain, strict=True):
+        text, base_text = policy.tokenizer.decode(demo.prompt_ids), policy.tokenizer.decode(base.prompt_ids)
+        task = base_text.split("Your task is to: ")[1].split("\n")[0]
+        assert text.rstrip().endswith(task) or ("Your task is to: " + task) in text.split("</action>")[-1]
+        assert len(demo.prompt_ids) > len(base.prompt_ids) and demo.response_ids == base.response_ids
+
+
 def test_demos_with_action_memory_list_the_earlier_expert_actions(policy):
     seeds = split_seeds("train", 1)
     plain = collect_demos(policy, "household-v0", seeds, max_turns=20, history=1)

@@ -129,3 +129,9 @@ def test_a_warm_start_trained_on_other_prompts_is_refused_before_any_work(tmp_pa
         load_config(
             None, fast(run, tiny_model_dir, f"model.init={old}", "rollout.history=1", "rollout.action_memory=2")
         )
+    # ... and without task_reminder: a run that asks for the reminder on such a warm start is refused
+    with pytest.raises(ConfigError) as e:
+        load_config(
+            None, fast(run, tiny_model_dir, f"model.init={old}", "rollout.history=1", "rollout.task_reminder=true")
+        )
+    assert e.value.field == "rollout.task_reminder" and "rollout.task_reminder=False" in e.value.fix

@@ -104,6 +104,7 @@ def evaluate_policy(
     constrain_scope: str = "action",
     show_admissible: bool = True,
     action_memory: int = 0,
+    task_reminder: bool = False,
 ) -> EvalReport:
     """Play the first ``episodes`` seeds of ``split`` once each and tabulate success (:func:`eval_seeds`).
 
@@ -121,6 +122,7 @@ def evaluate_policy(
             (``rollout.constrain_actions``, ``rollout.constrain_scope``).
         show_admissible: list the admissible actions in the prompts (``rollout.show_admissible``).
         action_memory: list that many earlier actions in the prompts (``rollout.action_memory``).
+        task_reminder: repeat the task as each prompt's last line (``rollout.task_reminder``).
     """
     seeds = eval_seeds(split, episodes, train_pool)
     generator = torch.Generator().manual_seed(seed)
@@ -141,6 +143,7 @@ def evaluate_policy(
         constrain_scope=constrain_scope,
         show_admissible=show_admissible,
         action_memory=action_memory,
+        task_reminder=task_reminder,
     )
     trajs = [t for t in result.trajectories if not t.failed]
     table = success_table([t.task_type for t in trajs], [t.success for t in trajs])
@@ -183,6 +186,7 @@ def evaluate_with_config(
         constrain_scope=cfg.rollout.constrain_scope,
         show_admissible=cfg.rollout.show_admissible,
         action_memory=cfg.rollout.action_memory,
+        task_reminder=cfg.rollout.task_reminder,
     )
 
 

@@ -80,6 +80,7 @@ def collect(
     constrain_scope: str = "action",
     show_admissible: bool = True,
     action_memory: int = 0,
+    task_reminder: bool = False,
 ) -> RolloutResult:
     """Roll out ``group_size`` copies of each task ``seeds[g]`` (group ``g``) in lock-step.
 
@@ -107,6 +108,7 @@ def collect(
         show_admissible: list the admissible actions in the prompt (they still constrain decoding when hidden).
         action_memory: also list the actions of up to this many steps before the ``history`` window on one line
             (0: no such line; :func:`empg.rollout.prompts.split_past`).
+        task_reminder: repeat the task as the prompt's last line (:func:`empg.rollout.prompts.build_messages`).
     """
     if group_size < 1:
         raise ValueError(f"group_size must be >= 1, got {group_size}")
@@ -133,6 +135,7 @@ def collect(
             constrain_scope=constrain_scope,
             show_admissible=show_admissible,
             action_memory=action_memory,
+            task_reminder=task_reminder,
         )
     finally:
         for env in envs:
@@ -156,6 +159,7 @@ def collect_with_envs(
     constrain_scope: str = "action",
     show_admissible: bool = True,
     action_memory: int = 0,
+    task_reminder: bool = False,
 ) -> RolloutResult:
     """Lock-step rollout over caller-built envs (one trajectory per env; ``envs[i]`` is reset with ``seeds[i]``).
 
@@ -180,7 +184,9 @@ def collect_with_envs(
     while live := [tr for tr in trajs if not tr.done]:
         if progress is not None:
             progress(turn, len(live))
-        prompt_ids = [policy.chat_prompt_ids(_messages(tr, history, show_admissible, action_memory)) for tr in live]
+        prompt_ids = [
+            policy.chat_prompt_ids(_messages(tr, history, show_admissible, action_memory, task_reminder)) for tr in live
+        ]
         t0 = time.perf_counter()
         gens = policy.generate(
             prompt_ids,
@@ -222,7 +228,9 @@ def _reset(tr: _Traj) -> None:
         tr.info = {"error": repr(err)}
 
 
-def _messages(tr: _Traj, history: int, show_admissible: bool = True, action_memory: int = 0) -> list[dict]:
+def _messages(
+    tr: _Traj, history: int, show_admissible: bool = True, action_memory: int = 0, task_reminder: bool = False
+) -> list[dict]:
     info = tr.info
     recent, memory = prompts.split_past(tr.past, history, action_memory)
     return prompts.build_messages(
@@ -233,6 +241,7 @@ def _messages(tr: _Traj, history: int, show_admissible: bool = True, action_memo
         len(tr.steps),
         info.get("admissible_actions") if show_admissible else None,
         memory=memory,
+        task_reminder=task_reminder,
     )
 
 

@@ -47,6 +47,7 @@ def build_messages(
     *,
     max_admissible: int = 50,
     memory: list[str] | None = None,
+    task_reminder: bool = False,
 ) -> list[dict]:
     """Chat messages of one ReAct step (a single user message).
 
@@ -61,6 +62,9 @@ def build_messages(
         memory: the actions taken before the ``history`` window, oldest first (``rollout.action_memory``), listed on
             one line so the policy knows what it already did (visited, took, heated) after those steps leave the
             window; None or empty: no such line (the prompt is then exactly the one without this option).
+        task_reminder: repeat the task as the last line (``rollout.task_reminder``), right where the response starts,
+            so that a small model choosing an action has the task's object and receptacle words next to it rather
+            than a few hundred tokens back; False: the prompt is exactly the one without this option.
 
     Returns:
         ``[{"role": "user", "content": text}]``.
@@ -84,6 +88,8 @@ def build_messages(
         more = f" ... and {len(admissible) - len(shown)} more" if len(admissible) > len(shown) else ""
         lines.append("Admissible actions: " + ", ".join(f"'{a}'" for a in shown) + more)
     lines.append(FORMAT)
+    if task_reminder:
+        lines.append(f"Your task is to: {task.strip()}")
     return [{"role": "user", "content": "\n".join(lines)}]
 
 

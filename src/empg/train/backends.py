@@ -49,6 +49,7 @@ def rollout_settings(
         "constrain_scope": cfg.rollout.constrain_scope,
         "show_admissible": cfg.rollout.show_admissible,
         "action_memory": cfg.rollout.action_memory,
+        "task_reminder": cfg.rollout.task_reminder,
     }
 
 

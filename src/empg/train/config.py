@@ -262,14 +262,20 @@ def validate(cfg: TrainConfig, *, extras: bool = True) -> TrainConfig:
     return cfg
 
 
-PROMPT_FIELDS = ("history", "action_memory", "show_admissible")  # what a step's prompt shows, besides the env
-PROMPT_DEFAULTS = {"action_memory": 0}  # for manifests written before the field existed
+PROMPT_FIELDS = (
+    "history",
+    "action_memory",
+    "show_admissible",
+    "task_reminder",
+)  # what a step's prompt shows, besides the env
+PROMPT_DEFAULTS = {"action_memory": 0, "task_reminder": False}  # for manifests written before the field existed
 
 
 def _check_init(init: str, cfg: TrainConfig) -> None:
     """``model.init`` names a warm start whose files match its manifest (hashes checked here, before any work), and
     the run builds its prompts as the warm start was trained to read them (``rollout.history``,
-    ``rollout.action_memory``, ``rollout.show_admissible``): a model trained on other prompts starts off-distribution.
+    ``rollout.action_memory``, ``rollout.show_admissible``, ``rollout.task_reminder``): a model trained on other
+    prompts starts off-distribution.
     """
     try:
         manifest = verify(resolve(init))

@@ -328,6 +328,7 @@ def first_prompt(cfg: TrainConfig) -> tuple[list[dict], str, int, int]:
             [],
             0,
             admissible if cfg.rollout.show_admissible else None,
+            task_reminder=cfg.rollout.task_reminder,
         )
         return messages, obs, int(env.max_turns), len(admissible or [])
     finally:

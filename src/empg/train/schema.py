@@ -90,6 +90,12 @@ class RolloutConfig:
         "List the step's admissible actions in the prompt (SFT demos and rollouts alike). With constrain_actions "
         "they constrain decoding anyway, and hiding them makes household prompts about a third shorter.",
     )
+    task_reminder: bool = _f(
+        False,
+        "Repeat the task ('Your task is to: ...') as the last line of every step's prompt (SFT demos, rollouts and "
+        "evaluation alike), next to where the response starts, instead of only near the top, a few hundred tokens "
+        "before the choice of action. A warm start must be trained with the same setting.",
+    )
     constrain_actions: bool = _f(
         False,
         "Constrained decoding (training and evaluation): after <action> the policy may only emit one of the step's "

@@ -75,6 +75,7 @@ def collect_demos(
     invalid_noise: float = 0.0,
     show_admissible: bool = True,
     action_memory: int = 0,
+    task_reminder: bool = False,
 ) -> list[Demo]:
     """Expert episodes on ``seeds`` rendered as (prompt, response) token pairs with the rollout's prompt code.
 
@@ -111,7 +112,9 @@ def collect_demos(
             else:
                 listed = admissible if show_admissible else None  # as the rollout shows it
                 recent, memory = prompts.split_past(past, history, action_memory)
-                messages = prompts.build_messages(env.family, info["task"], obs, recent, step, listed, memory=memory)
+                messages = prompts.build_messages(
+                    env.family, info["task"], obs, recent, step, listed, memory=memory, task_reminder=task_reminder
+                )
                 text = prompts.expert_response(env.family, action)
                 demos.append(
                     Demo(policy.chat_prompt_ids(messages), encode_response(policy, text), info["task_type"], seed)
@@ -345,6 +348,7 @@ def run_sft(policy: Policy, cfg: TrainConfig, run_dir: Path, *, console: Any = N
         invalid_noise=cfg.sft.invalid_noise,
         show_admissible=cfg.rollout.show_admissible,
         action_memory=cfg.rollout.action_memory,
+        task_reminder=cfg.rollout.task_reminder,
     )
     t_demos = time.perf_counter() - t0
     torch.manual_seed(cfg.seed)
@@ -434,6 +438,7 @@ def _dagger(policy: Policy, cfg: TrainConfig, demos: list[Demo], console: Any, r
             constrain_scope=cfg.rollout.constrain_scope,
             show_admissible=cfg.rollout.show_admissible,
             action_memory=cfg.rollout.action_memory,
+            task_reminder=cfg.rollout.task_reminder,
         )
         labelled = expert_labels(
             policy, rollout.steps, cfg.env.id, max_turns=cfg.env.max_turns, env_kwargs=cfg.env.kwargs
