@@ -204,17 +204,23 @@ _TOK = importlib.import_module("empg.policy.tokenizer").train_tokenizer(
 )
 
 
-def test_task_reminder_ends_every_prompt_of_the_rollout_with_the_task(tiny):
-    class Recording(ScriptedPolicy):
-        def chat_prompt_ids(self, messages):
-            self.seen.append(messages[0]["content"])
-            return super().chat_prompt_ids(messages)
+class _Recording(ScriptedPolicy):
+    """A scripted policy that keeps the text of every prompt it is given."""
 
+    def __init__(self, tokenizer, texts):
+        super().__init__(tokenizer, texts)
+        self.seen: list[str] = []
+
+    def chat_prompt_ids(self, messages):
+        self.seen.append(messages[0]["content"])
+        return super().chat_prompt_ids(messages)
+
+
+def test_task_reminder_ends_every_prompt_of_the_rollout_with_the_task(tiny):
     texts = ["<action>wait</action>", "<action>wait</action>", "<action>win</action>"]
     runs = []
     for reminder in (False, True):
-        policy = Recording(tiny.tokenizer, texts)
-        policy.seen = []
+        policy = _Recording(tiny.tokenizer, texts)
         env = TimeLimit(CountEnv(need=3), 6)
         collect_with_envs(policy, [env], [0], env_id="count-v0", history=1, task_reminder=reminder)
         runs.append(policy.seen)
@@ -226,14 +232,8 @@ def test_task_reminder_ends_every_prompt_of_the_rollout_with_the_task(tiny):
 
 
 def test_action_memory_lists_the_actions_before_the_history_window(tiny):
-    class Recording(ScriptedPolicy):
-        def chat_prompt_ids(self, messages):
-            self.seen.append(messages[0]["content"])
-            return super().chat_prompt_ids(messages)
-
     texts = ["<action>wait</action>", "<action>wait</action>", "<action>look</action>", "<action>win</action>"]
-    policy = Recording(tiny.tokenizer, texts)
-    policy.seen = []
+    policy = _Recording(tiny.tokenizer, texts)
     collect_with_envs(policy, [TimeLimit(CountEnv(need=3), 6)], [0], env_id="count-v0", history=1, action_memory=2)
     # turn k's prompt: the action of step k-1 in the window, at most 2 earlier ones on the memory line
     assert [p.split("\n")[2] for p in policy.seen] == [

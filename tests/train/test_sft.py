@@ -339,7 +339,7 @@ def test_demos_with_task_reminder_end_each_prompt_with_the_task(policy):
     for demo, base in zip(demos, plain, strict=True):
         text, base_text = policy.tokenizer.decode(demo.prompt_ids), policy.tokenizer.decode(base.prompt_ids)
         task = base_text.split("Your task is to: ")[1].split("\n")[0]
-        assert text.rstrip().endswith(task) or ("Your task is to: " + task) in text.split("</action>")[-1]
+        assert text.split("</action>")[-1].startswith("\nYour task is to: " + task)  # after the format line
         assert len(demo.prompt_ids) > len(base.prompt_ids) and demo.response_ids == base.response_ids
 
 

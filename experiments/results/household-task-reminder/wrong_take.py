@@ -1,5 +1,14 @@
-"""Diagnostic for experiments/results/household-task-reminder (see its README)."""
+"""Diagnostic for experiments/results/household-task-reminder (see its README).
 
+    python wrong_take.py MODEL_DIR REMINDER(0|1) EPISODES
+
+Plays the first EPISODES ``eval_in`` seeds (T = 0.4, sampling seed 0, the quick start's constrained decoding) and
+prints: success; the share of ``take`` actions naming an object that is not in the task, overall and split by
+whether the object's name is one token or several; the share of clean/heat/cool actions whose verb is not in the
+task (counted by verb, so tasks worded hot/cold inflate it).
+"""
+
+import collections
 import re
 import sys
 
@@ -29,18 +38,19 @@ res = collect(
     constrain_scope="response",
     task_reminder=reminder,
 )
-takes = wrong = 0
+takes = collections.Counter()  # (one-token name?, right object?) -> count
 ops = wrong_op = 0
 for s in res.steps:
     task = s.extra.get("task", "")
-    m = re.match(r"take (\w+) \d+ from", s.action or "")
-    if m:
-        takes += 1
-        wrong += m.group(1) not in task
-    m = re.match(r"(clean|heat|cool) ", s.action or "")
-    if m:
+    if m := re.match(r"take (\w+) \d+ from", s.action or ""):
+        single = len(pol.tokenizer(" " + m.group(1))["input_ids"]) == 1
+        takes[("single" if single else "multi", "right" if m.group(1) in task else "wrong")] += 1
+    if m := re.match(r"(clean|heat|cool) ", s.action or ""):
         ops += 1
-        wrong_op += {"clean": "clean", "heat": "heat", "cool": "cool"}[m.group(1)] not in task
+        wrong_op += m.group(1) not in task
+n_takes = sum(takes.values())
+wrong = sum(v for (_, right), v in takes.items() if right == "wrong")
 succ = sum(t.success for t in res.trajectories) / len(res.trajectories)
-print(f"{path}: success {succ:.3f}; take actions {takes}, wrong object {wrong / takes:.2f};")
+print(f"{path}: success {succ:.3f}; take actions {n_takes}, wrong object {wrong / n_takes:.2f};")
 print(f"clean/heat/cool {ops}, wrong op {wrong_op / max(1, ops):.2f}")
+print("takes by name length:", dict(takes))
