@@ -71,7 +71,7 @@ def test_evaluate_with_config_passes_every_run_setting(monkeypatch):
     ev.evaluate_with_config("P", cfg, "eval_in", 4, seed=6, greedy=True)
     settings = dict(max_turns=7, history=1, env_kwargs={"scene_size": "small"}, train_pool=2,
                     constrain_actions=True, constrain_scope="response", show_admissible=True,
-                    action_memory=0, task_reminder=False)  # fmt: skip
+                    action_memory=0, task_reminder=False, thoughts="verb")  # fmt: skip
     sampled = SamplingParams(temperature=0.7, max_new_tokens=12, greedy=False)
     greedy = SamplingParams(temperature=0.7, max_new_tokens=12, greedy=True)
     assert calls == [

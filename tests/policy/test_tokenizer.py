@@ -82,3 +82,11 @@ def test_model_init_is_seeded(corpus_texts):
 
 
 _TOK = train_tokenizer(["put a clean apple in fridge 1. <think>x</think><action>look</action>"] * 5, vocab_size=300)
+
+
+def test_env_corpus_renders_the_thought_style_it_is_given():
+    verb = env_corpus(("household-v0",), episodes=2)
+    first = env_corpus(("household-v0",), episodes=2, thoughts="take_first")
+    assert any("I found " in t for t in verb) and not any("is here; I will take it." in t for t in verb)
+    assert any("is here; I will take it." in t for t in first) and not any("I found " in t for t in first)
+    assert len(first) == len(verb) and corpus_hash(first) != corpus_hash(verb)  # another cached tiny build

@@ -1,7 +1,15 @@
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from empg.rollout.prompts import action_char_span, build_messages, expert_response, parse_action, split_past
+from empg.rollout.prompts import (
+    action_char_span,
+    build_messages,
+    expert_response,
+    parse_action,
+    split_past,
+    thought_templates,
+)
 
 FMT = (
     "First reason briefly inside <think> </think>. Then give exactly one action inside <action> </action>, "
@@ -139,3 +147,22 @@ def test_task_reminder_repeats_the_task_as_the_last_line_golden():
     # off: exactly the prompt without the option (the line is appended, nothing else moves)
     (off,) = build_messages("household", " put a mug in sink. ", "o2", past, 1, adm)
     assert msg["content"] == off["content"] + "\nYour task is to: put a mug in sink."
+
+
+def test_take_first_thoughts_name_the_object_first_golden():
+    take = "take pot 1 from stoveburner 2"
+    assert expert_response("household", take, "take_first") == (
+        "<think>pot 1 is here; I will take it.</think>\n<action>take pot 1 from stoveburner 2</action>"
+    )
+    assert expert_response("household", take) == (
+        "<think>I found pot 1; I will take it.</think>\n<action>take pot 1 from stoveburner 2</action>"
+    )
+    # every other template, and families without a take action, are the verb style's
+    others = [("household", "go to countertop 1"), ("household", "put pot 1 in/on cabinet 2"),
+              ("shop", "click[buy now]"), ("search", "search[paris]"), ("other", "take it")]  # fmt: skip
+    for family, action in others:
+        assert expert_response(family, action, "take_first") == expert_response(family, action)
+    verb, first = thought_templates("household"), thought_templates("household", "take_first")
+    assert len(verb) == len(first) and sum(a != b for a, b in zip(verb, first, strict=True)) == 1
+    with pytest.raises(ValueError, match="take_first"):
+        thought_templates("household", "object_first")

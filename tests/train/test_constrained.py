@@ -87,3 +87,22 @@ def test_constrained_run_trains_and_evaluates_without_invalid_actions(tmp_path, 
     assert rows[-1]["eval_out/invalid_rate"] == 0.0
     assert all(r["train/invalid_rate"] == 0.0 for r in rows)
     assert "time/scoring" in rows[-1]
+
+
+def test_take_first_rollouts_decode_the_take_first_responses(tmp_path, tiny_model_dir, fast):
+    """With rollout.thoughts=take_first the whole-response trie holds the take_first templates: every step's response
+    is exactly the take_first expert response of the action it sent."""
+    from empg.rollout.prompts import expert_response
+
+    extra = ("rollout.constrain_actions=true", "rollout.constrain_scope=response", "rollout.thoughts=take_first")
+    cfg = load_config(
+        None, fast(tmp_path / "run", tiny_model_dir, "env.max_turns=6", "rollout.temperature=3.0", *extra)
+    )
+    run = rl.setup_run(cfg)
+    steps, _, _ = rl.rollout_phase(run, 0)
+    assert steps and all(s.constrained for s in steps)
+    for s in steps:
+        assert run.policy.tokenizer.decode(s.response_ids) == expert_response("household", s.action, "take_first")
+    with pytest.raises(ConfigError) as e:
+        load_config(None, fast(tmp_path / "bad", tiny_model_dir, "rollout.thoughts=object"))
+    assert e.value.field == "rollout.thoughts" and "take_first" in str(e.value)

@@ -356,3 +356,21 @@ def test_demos_with_action_memory_list_the_earlier_expert_actions(policy):
         assert (f"Your actions before the last 1: {'; '.join(earlier)}. " in text) == bool(earlier)
         assert (demo.prompt_ids == plain[i].prompt_ids) == (not earlier)
         assert demo.response_ids == plain[i].response_ids
+
+
+def test_demos_with_take_first_thoughts_change_only_the_take_responses(policy):
+    seeds = split_seeds("train", 2)
+    plain = collect_demos(policy, "household-v0", seeds, max_turns=20, history=1)
+    demos = collect_demos(policy, "household-v0", seeds, max_turns=20, history=1, thoughts="take_first")
+    assert len(demos) == len(plain)
+    takes = 0
+    for demo, base in zip(demos, plain, strict=True):
+        assert demo.prompt_ids == base.prompt_ids
+        text, base_text = (policy.tokenizer.decode(d.response_ids) for d in (demo, base))
+        if "<action>take " in base_text:
+            takes += 1
+            obj = base_text.split("<think>I found ")[1].split(";")[0]
+            assert text.startswith(f"<think>{obj} is here; I will take it.</think>")
+        else:
+            assert text == base_text
+    assert takes >= 2

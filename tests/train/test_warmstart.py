@@ -135,3 +135,9 @@ def test_a_warm_start_trained_on_other_prompts_is_refused_before_any_work(tmp_pa
             None, fast(run, tiny_model_dir, f"model.init={old}", "rollout.history=1", "rollout.task_reminder=true")
         )
     assert e.value.field == "rollout.task_reminder" and "rollout.task_reminder=False" in e.value.fix
+    # ... and its thoughts are the verb style's: a run with take_first thoughts on it is refused
+    with pytest.raises(ConfigError) as e:
+        load_config(
+            None, fast(run, tiny_model_dir, f"model.init={old}", "rollout.history=1", "rollout.thoughts=take_first")
+        )
+    assert e.value.field == "rollout.thoughts" and "rollout.thoughts='verb'" in e.value.fix

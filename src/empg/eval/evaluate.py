@@ -105,6 +105,7 @@ def evaluate_policy(
     show_admissible: bool = True,
     action_memory: int = 0,
     task_reminder: bool = False,
+    thoughts: str = "verb",
 ) -> EvalReport:
     """Play the first ``episodes`` seeds of ``split`` once each and tabulate success (:func:`eval_seeds`).
 
@@ -123,6 +124,7 @@ def evaluate_policy(
         show_admissible: list the admissible actions in the prompts (``rollout.show_admissible``).
         action_memory: list that many earlier actions in the prompts (``rollout.action_memory``).
         task_reminder: repeat the task as each prompt's last line (``rollout.task_reminder``).
+        thoughts: style of the templated thoughts of constrained responses (``rollout.thoughts``).
     """
     seeds = eval_seeds(split, episodes, train_pool)
     generator = torch.Generator().manual_seed(seed)
@@ -144,6 +146,7 @@ def evaluate_policy(
         show_admissible=show_admissible,
         action_memory=action_memory,
         task_reminder=task_reminder,
+        thoughts=thoughts,
     )
     trajs = [t for t in result.trajectories if not t.failed]
     table = success_table([t.task_type for t in trajs], [t.success for t in trajs])
@@ -187,6 +190,7 @@ def evaluate_with_config(
         show_admissible=cfg.rollout.show_admissible,
         action_memory=cfg.rollout.action_memory,
         task_reminder=cfg.rollout.task_reminder,
+        thoughts=cfg.rollout.thoughts,
     )
 
 

@@ -81,6 +81,7 @@ def collect(
     show_admissible: bool = True,
     action_memory: int = 0,
     task_reminder: bool = False,
+    thoughts: str = "verb",
 ) -> RolloutResult:
     """Roll out ``group_size`` copies of each task ``seeds[g]`` (group ``g``) in lock-step.
 
@@ -109,6 +110,8 @@ def collect(
         action_memory: also list the actions of up to this many steps before the ``history`` window on one line
             (0: no such line; :func:`empg.rollout.prompts.split_past`).
         task_reminder: repeat the task as the prompt's last line (:func:`empg.rollout.prompts.build_messages`).
+        thoughts: style of the templated thoughts the ``"response"`` scope decodes
+            (:func:`empg.rollout.prompts.thought_templates`).
     """
     if group_size < 1:
         raise ValueError(f"group_size must be >= 1, got {group_size}")
@@ -136,6 +139,7 @@ def collect(
             show_admissible=show_admissible,
             action_memory=action_memory,
             task_reminder=task_reminder,
+            thoughts=thoughts,
         )
     finally:
         for env in envs:
@@ -160,6 +164,7 @@ def collect_with_envs(
     show_admissible: bool = True,
     action_memory: int = 0,
     task_reminder: bool = False,
+    thoughts: str = "verb",
 ) -> RolloutResult:
     """Lock-step rollout over caller-built envs (one trajectory per env; ``envs[i]`` is reset with ``seeds[i]``).
 
@@ -194,7 +199,11 @@ def collect_with_envs(
             generator=generator,
             stop=prompts.STOP_STRING,
             record=record_behaviour,
-            **({"constraints": [_constraint(tr, constrain_scope) for tr in live]} if constrain_actions else {}),
+            **(
+                {"constraints": [_constraint(tr, constrain_scope, thoughts) for tr in live]}
+                if constrain_actions
+                else {}
+            ),
         )
         stats["unconstrained_steps"] += sum(getattr(g, "constrained", None) is False for g in gens)
         stats["time/generate"] += time.perf_counter() - t0
@@ -311,13 +320,16 @@ CONSTRAIN_SCOPES = ("action", "response")
 _PLACEHOLDER = re.compile(r"<[^<>]+>")  # an admissible "action" that is a template, e.g. shop's search[<query>]
 
 
-def action_constraint(info: dict, scope: str = "action", family: str = "generic") -> ActionConstraint:
+def action_constraint(
+    info: dict, scope: str = "action", family: str = "generic", thoughts: str = "verb"
+) -> ActionConstraint:
     """The step's constraint.
 
     * ``scope="action"``: free thought, then after ``<action>`` one of the admissible actions and ``</action>``;
     * ``scope="response"``: the whole response is one of :func:`empg.rollout.prompts.expert_response` of the
       admissible actions — the templated thought the demonstrations use, then the action — so the thought always
-      names the action that follows (a choice among admissible actions with their descriptions, as in GLAM/TWOSOME).
+      names the action that follows (a choice among admissible actions with their descriptions, as in GLAM/TWOSOME);
+      ``thoughts`` is the templates' style (:func:`empg.rollout.prompts.thought_templates`).
 
     No choices (free text for this step, counted by the rollout) when the env lists no admissible action or lists a
     template with a placeholder (``search[<query>]``) that has to be filled in by the policy.
@@ -328,12 +340,12 @@ def action_constraint(info: dict, scope: str = "action", family: str = "generic"
     if any(_PLACEHOLDER.search(a) for a in admissible):
         admissible = []
     if scope == "response":
-        return ActionConstraint("", tuple(prompts.expert_response(family, a) for a in admissible))
+        return ActionConstraint("", tuple(prompts.expert_response(family, a, thoughts) for a in admissible))
     return ActionConstraint(prompts.ACTION_OPEN, tuple(f"{a}{prompts.STOP_STRING}" for a in admissible))
 
 
-def _constraint(tr: _Traj, scope: str) -> ActionConstraint:
-    return action_constraint(tr.info, scope, getattr(tr.env, "family", "generic"))
+def _constraint(tr: _Traj, scope: str, thoughts: str) -> ActionConstraint:
+    return action_constraint(tr.info, scope, getattr(tr.env, "family", "generic"), thoughts)
 
 
 def state_key(obs: str, admissible: Sequence[str] | None) -> int:

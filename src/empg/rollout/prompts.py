@@ -165,20 +165,42 @@ _SEARCH = [
 ]
 THOUGHTS = {"household": _HOUSEHOLD, "shop": _SHOP, "search": _SEARCH}
 
+THOUGHT_STYLES = ("verb", "take_first")
+# rollout.thoughts="take_first": the take thought starts with the object, so under constrained decoding the first
+# choice of a take is the object's name, which the model can copy from the task (only visible objects can be taken).
+_TAKE_FIRST = {r"take (.+) from (.+)": "{0} is here; I will take it."}
 
-def expert_thought(family: str, action: str) -> str:
+
+def thought_templates(family: str, style: str = "verb") -> list[tuple[str, str]]:
+    """The (action pattern, thought template) pairs of ``family`` in ``style`` (:data:`THOUGHT_STYLES`).
+
+    ``"verb"``: the shipped templates ("I found pot 1; I will take it."). ``"take_first"``: the same, except that a
+    take's thought starts with its object ("pot 1 is here; I will take it."); families without a take action are
+    unchanged.
+    """
+    if style not in THOUGHT_STYLES:
+        raise ValueError(f"thought style {style!r} is not one of {THOUGHT_STYLES}")
+    templates = THOUGHTS.get(family, [])
+    if style == "take_first":
+        templates = [(pattern, _TAKE_FIRST.get(pattern, template)) for pattern, template in templates]
+    return templates
+
+
+def expert_thought(family: str, action: str, style: str = "verb") -> str:
     """A short templated thought for ``action``, chosen by the action's verb (a generic one when none matches)."""
-    for pattern, template in THOUGHTS.get(family, []):
+    for pattern, template in thought_templates(family, style):
         m = re.fullmatch(pattern, action.strip(), flags=re.IGNORECASE)
         if m:
             return template.format(*m.groups())
     return "I will take the next step."
 
 
-def expert_response(thought_family: str, action: str) -> str:
-    """An SFT target in the exact output format: templated thought + the expert ``action``.
+def expert_response(thought_family: str, action: str, style: str = "verb") -> str:
+    """An SFT target in the exact output format: templated thought (in ``style``) + the expert ``action``.
 
     >>> expert_response("household", "go to countertop 1")
     '<think>I should check countertop 1 next.</think>\\n<action>go to countertop 1</action>'
+    >>> expert_response("household", "take pot 1 from stoveburner 2", "take_first")
+    '<think>pot 1 is here; I will take it.</think>\\n<action>take pot 1 from stoveburner 2</action>'
     """
-    return format_response(expert_thought(thought_family, action), action)
+    return format_response(expert_thought(thought_family, action, style), action)

@@ -50,6 +50,7 @@ def rollout_settings(
         "show_admissible": cfg.rollout.show_admissible,
         "action_memory": cfg.rollout.action_memory,
         "task_reminder": cfg.rollout.task_reminder,
+        "thoughts": cfg.rollout.thoughts,
     }
 
 

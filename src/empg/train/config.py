@@ -267,15 +267,17 @@ PROMPT_FIELDS = (
     "action_memory",
     "show_admissible",
     "task_reminder",
-)  # what a step's prompt shows, besides the env
-PROMPT_DEFAULTS = {"action_memory": 0, "task_reminder": False}  # for manifests written before the field existed
+    "thoughts",
+)  # what a step's prompt shows and how its templated response reads, besides the env
+PROMPT_DEFAULTS = {"action_memory": 0, "task_reminder": False, "thoughts": "verb"}  # manifests older than the field
 
 
 def _check_init(init: str, cfg: TrainConfig) -> None:
     """``model.init`` names a warm start whose files match its manifest (hashes checked here, before any work), and
     the run builds its prompts as the warm start was trained to read them (``rollout.history``,
-    ``rollout.action_memory``, ``rollout.show_admissible``, ``rollout.task_reminder``): a model trained on other
-    prompts starts off-distribution.
+    ``rollout.action_memory``, ``rollout.show_admissible``, ``rollout.task_reminder``) and reads its responses'
+    thoughts in the style it was trained on (``rollout.thoughts``): a model trained on other prompts starts
+    off-distribution.
     """
     try:
         manifest = verify(resolve(init))

@@ -12,6 +12,7 @@ from typing import Any
 
 from empg.algos.empg import DEFAULT_PARAMS as EMPG_DEFAULTS
 from empg.algos.empg import ENTROPY_NORMS, FINAL_NORMS, EMPGParams
+from empg.rollout.prompts import THOUGHT_STYLES
 
 
 class ConfigError(ValueError):
@@ -95,6 +96,14 @@ class RolloutConfig:
         "Repeat the task ('Your task is to: ...') as the last line of every step's prompt (SFT demos, rollouts and "
         "evaluation alike), next to where the response starts, instead of only near the top, a few hundred tokens "
         "before the choice of action. A warm start must be trained with the same setting.",
+    )
+    thoughts: str = _f(
+        "verb",
+        "Style of the templated thoughts of SFT demos and of constrained responses (constrain_scope=response): "
+        "verb = the action's verb picks the template ('I found pot 1; I will take it.'); take_first = the same, "
+        "except that a take's thought starts with its object ('pot 1 is here; I will take it.'), so a take's first "
+        "choice is the object's name, which a small model can copy from the task (only visible objects can be "
+        "taken). Families without a take action are unchanged. A warm start must be trained with the same setting.",
     )
     constrain_actions: bool = _f(
         False,
@@ -402,6 +411,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.backend": ("hf", "vllm"),
     "rollout.constrain_scope": ("action", "response"),
+    "rollout.thoughts": THOUGHT_STYLES,
     "sft.schedule": ("constant", "cosine", "linear"),
     "optim.schedule": ("constant", "cosine", "linear"),
     "optim.sharding": ("ddp", "fsdp"),

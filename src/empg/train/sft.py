@@ -22,6 +22,7 @@ that RL has room to show what it adds.
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import shutil
@@ -76,6 +77,7 @@ def collect_demos(
     show_admissible: bool = True,
     action_memory: int = 0,
     task_reminder: bool = False,
+    thoughts: str = "verb",
 ) -> list[Demo]:
     """Expert episodes on ``seeds`` rendered as (prompt, response) token pairs with the rollout's prompt code.
 
@@ -115,7 +117,7 @@ def collect_demos(
                 messages = prompts.build_messages(
                     env.family, info["task"], obs, recent, step, listed, memory=memory, task_reminder=task_reminder
                 )
-                text = prompts.expert_response(env.family, action)
+                text = prompts.expert_response(env.family, action, thoughts)
                 demos.append(
                     Demo(policy.chat_prompt_ids(messages), encode_response(policy, text), info["task_type"], seed)
                 )
@@ -155,6 +157,7 @@ def expert_labels(
     max_turns: int | None = None,
     split: str = "train",
     env_kwargs: dict | None = None,
+    thoughts: str = "verb",
 ) -> list[Demo]:
     """DAgger labels: every state a policy rollout visited, paired with the expert's action there.
 
@@ -177,7 +180,7 @@ def expert_labels(
         env = make(env_id, split, max_turns=max_turns, **(env_kwargs or {}))
         env.reset(seed=traj[0].seed)
         for rec in traj:
-            text = prompts.expert_response(env.family, env.expert_action())
+            text = prompts.expert_response(env.family, env.expert_action(), thoughts)
             demos.append(Demo(list(rec.prompt_ids), encode_response(policy, text), rec.task_type, rec.seed))
             _, _, _, _, info = env.step(rec.action if rec.action is not None else INVALID_ACTION)
             if bool(info.get("won", False)) != rec.won or (rec.parsed and bool(info.get("valid", True)) != rec.valid):
@@ -349,6 +352,7 @@ def run_sft(policy: Policy, cfg: TrainConfig, run_dir: Path, *, console: Any = N
         show_admissible=cfg.rollout.show_admissible,
         action_memory=cfg.rollout.action_memory,
         task_reminder=cfg.rollout.task_reminder,
+        thoughts=cfg.rollout.thoughts,
     )
     t_demos = time.perf_counter() - t0
     torch.manual_seed(cfg.seed)
@@ -439,9 +443,15 @@ def _dagger(policy: Policy, cfg: TrainConfig, demos: list[Demo], console: Any, r
             show_admissible=cfg.rollout.show_admissible,
             action_memory=cfg.rollout.action_memory,
             task_reminder=cfg.rollout.task_reminder,
+            thoughts=cfg.rollout.thoughts,
         )
         labelled = expert_labels(
-            policy, rollout.steps, cfg.env.id, max_turns=cfg.env.max_turns, env_kwargs=cfg.env.kwargs
+            policy,
+            rollout.steps,
+            cfg.env.id,
+            max_turns=cfg.env.max_turns,
+            env_kwargs=cfg.env.kwargs,
+            thoughts=cfg.rollout.thoughts,
         )
         demos.extend(labelled)
         t_rollout = time.perf_counter() - t0
@@ -516,7 +526,7 @@ def build_base_policy(cfg: TrainConfig, *, console: Any = None) -> Policy:
         device=cfg.model.device,
         dtype=model_dtype(cfg.model.dtype),
         seed=cfg.seed,
-        corpus=env_corpus,
+        corpus=functools.partial(env_corpus, thoughts=cfg.rollout.thoughts),
     )
     if cfg.sft.enabled:
         run_sft(policy, cfg, Path(cfg.run_dir), console=console)
