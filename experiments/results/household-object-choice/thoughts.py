@@ -6,6 +6,8 @@ templated thoughts for household actions (SFT demos, constrained responses and t
 ``object``: every thought starts with the action's object or receptacle ("pot 1 is here; I will take it.", "cabinet 1
 may have it; I will go there."), so a response's first choice is a name, which the model can copy from the task.
 ``take``: only the take thought does ("pot 1 is here; I will take it."); every other one is the shipped template.
+This is now the option ``rollout.thoughts=take_first`` (prefer it); the variant remains so that the runs recorded
+here can be re-run as they were.
 """
 
 import sys
@@ -33,9 +35,8 @@ def patch(variant: str) -> None:
     """Replace the household templates in place (``prompts.THOUGHTS["household"]`` is the same list)."""
     if variant == "object":
         prompts._HOUSEHOLD[:] = OBJECT_FIRST
-    elif variant == "take":
-        i = [pattern for pattern, _ in prompts._HOUSEHOLD].index(r"take (.+) from (.+)")
-        prompts._HOUSEHOLD[i] = (r"take (.+) from (.+)", "{0} is here; I will take it.")
+    elif variant == "take":  # what became rollout.thoughts=take_first: its templates, not a second copy
+        prompts._HOUSEHOLD[:] = prompts.thought_templates("household", "take_first")
     else:
         raise SystemExit(f"variant must be object or take, got {variant!r}")
 
