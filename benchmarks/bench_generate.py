@@ -12,7 +12,7 @@ with like.
 
     python benchmarks/bench_generate.py                                    # tiny-1m at batch 4, 16, 32
     python benchmarks/bench_generate.py --model smollm2-135m --batches 4
-    python benchmarks/bench_generate.py --model household-tiny-constrained # the quick start's warm start
+    python benchmarks/bench_generate.py --model household-tiny-take-first  # the quick start's warm start
 
 The last line is the ratio at the last batch size (> 1: ours is faster).
 """

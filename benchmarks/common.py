@@ -23,7 +23,7 @@ ENV_ID = "household-v0"
 
 def load_policy(spec: str, device: str = "cpu") -> Policy:
     """``tiny-1m`` / ``tiny-5m`` / ``tiny-25m`` (built locally, cached), ``smollm2-135m`` (from the GGUF package),
-    a shipped warm start such as ``household-tiny-constrained`` (the quick start's), or a local model directory."""
+    a shipped warm start such as ``household-tiny-take-first`` (the quick start's), or a local model directory."""
     if spec in warmstart.packaged() or Path(spec).is_dir():
         return Policy.load(warmstart.resolve(spec), device=device)
     return Policy.from_spec(spec, device=device, corpus=env_corpus)

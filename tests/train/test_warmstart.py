@@ -87,7 +87,7 @@ def test_every_packaged_warm_start_verifies_and_every_preset_names_one_that_exis
     from empg.train.warmstart import packaged
 
     names = packaged()
-    assert "household-tiny-constrained" in names
+    assert {"household-tiny-constrained", "household-tiny-take-first"} <= set(names)
     for name in names:
         manifest = verify(resolve(name))
         assert manifest["name"] == name and "--export src/empg/warmstarts/" + name in manifest["rebuild"]
@@ -98,6 +98,25 @@ def test_every_packaged_warm_start_verifies_and_every_preset_names_one_that_exis
         init = load_config(path).model.init
         if init is not None and "/" not in init:
             assert init in names, f"{path.name} names model.init={init!r}, which is not a packaged warm start"
+
+
+def test_the_quick_start_reads_its_warm_starts_prompts_and_the_previous_preset_stays_reachable():
+    from pathlib import Path
+
+    preset = Path(__file__).resolve().parents[2] / "configs" / "household-tiny.yaml"
+    cfg = load_config(preset)
+    trained = verify(resolve(cfg.model.init))["config"]["rollout"]
+    assert cfg.model.init == "household-tiny-take-first"
+    assert (cfg.rollout.task_reminder, cfg.rollout.thoughts) == (True, "take_first")
+    assert (trained["task_reminder"], trained["thoughts"], trained["history"]) == (True, "take_first", 2)
+    with pytest.raises(ConfigError) as e:  # the shipped templates on the take-first model: refused before any work
+        load_config(preset, ["rollout.thoughts=verb"])
+    assert e.value.field == "rollout.thoughts" and "'take_first'" in e.value.fix
+    # the previous preset, as the configs header says: session 10's warm start with its prompts
+    old = load_config(
+        preset, ["model.init=household-tiny-constrained", "rollout.task_reminder=false", "rollout.thoughts=verb"]
+    )
+    assert old.model.init == "household-tiny-constrained"
 
 
 def test_a_warm_start_trained_on_other_prompts_is_refused_before_any_work(tmp_path, tiny_model_dir, fast, capsys):
