@@ -13,15 +13,19 @@ import gzip
 import json
 import re
 import sys
+from pathlib import Path
 
-from empg.envs.household_scene import PLACEMENT  # object type -> where it can be placed
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # experiments/
+from household_episodes import op_kind, take_kind  # noqa: E402
+
+from empg.envs.household_scene import PLACEMENT  # noqa: E402 (object type -> where it can be placed)
 
 
 def kind(action: str, task: str) -> str:
-    if m := re.match(r"take (\w+) \d+ from", action):
-        return "take right" if m.group(1) in task else "take wrong"
-    if re.match(r"(clean|heat|cool) ", action):
-        return "op right" if action.split()[0] in task else "op wrong"
+    if (k := take_kind(action, task)) is not None:
+        return f"take {k}"
+    if (k := op_kind(action, task)) is not None:
+        return f"op {k}"
     return action.split()[0] if action else "none"
 
 

@@ -11,46 +11,39 @@ task (counted by verb, so tasks worded hot/cold inflate it).
 import collections
 import re
 import sys
+from pathlib import Path
 
 import torch
 
-from empg.eval.evaluate import eval_seeds
-from empg.policy import SamplingParams
-from empg.policy.hf import Policy
-from empg.rollout.collect import collect
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # experiments/
+from household_episodes import op_kind, play, take_kind  # noqa: E402
 
-torch.set_num_threads(1)
-path, reminder, n = sys.argv[1], sys.argv[2] == "1", int(sys.argv[3])
-pol = Policy.load(path)
-res = collect(
-    pol,
-    "household-v0",
-    eval_seeds("eval_in", n),
-    group_size=1,
-    split="eval_in",
-    sampling=SamplingParams(temperature=0.4, max_new_tokens=48, jump_forward=True),
-    max_turns=20,
-    history=2,
-    record_behaviour=False,
-    generator=torch.Generator().manual_seed(0),
-    env_kwargs=dict(scene_size="small", expert="systematic"),
-    constrain_actions=True,
-    constrain_scope="response",
-    task_reminder=reminder,
-)
-takes = collections.Counter()  # (one-token name?, right object?) -> count
-ops = wrong_op = 0
-for s in res.steps:
-    task = s.extra.get("task", "")
-    if m := re.match(r"take (\w+) \d+ from", s.action or ""):
-        single = len(pol.tokenizer(" " + m.group(1))["input_ids"]) == 1
-        takes[("single" if single else "multi", "right" if m.group(1) in task else "wrong")] += 1
-    if m := re.match(r"(clean|heat|cool) ", s.action or ""):
-        ops += 1
-        wrong_op += m.group(1) not in task
-n_takes = sum(takes.values())
-wrong = sum(v for (_, right), v in takes.items() if right == "wrong")
-succ = sum(t.success for t in res.trajectories) / len(res.trajectories)
-print(f"{path}: success {succ:.3f}; take actions {n_takes}, wrong object {wrong / n_takes:.2f};")
-print(f"clean/heat/cool {ops}, wrong op {wrong_op / max(1, ops):.2f}")
-print("takes by name length:", dict(takes))
+from empg.policy.hf import Policy  # noqa: E402
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    path, reminder, n = sys.argv[1], sys.argv[2] == "1", int(sys.argv[3])
+    pol = Policy.load(path)
+    res = play(pol, n, task_reminder=reminder, thoughts="verb")  # this question's models use the verb thoughts
+    takes = collections.Counter()  # (one-token name?, right object?) -> count
+    ops = wrong_op = 0
+    for s in res.steps:
+        task = s.extra.get("task", "")
+        if (kind := take_kind(s.action, task)) is not None:
+            name = re.match(r"take (\w+)", s.action).group(1)
+            single = len(pol.tokenizer(" " + name)["input_ids"]) == 1
+            takes[("single" if single else "multi", kind)] += 1
+        if (op := op_kind(s.action, task)) is not None:
+            ops += 1
+            wrong_op += op == "wrong"
+    n_takes = sum(takes.values())
+    wrong = sum(v for (_, right), v in takes.items() if right == "wrong")
+    succ = sum(t.success for t in res.trajectories) / len(res.trajectories)
+    print(f"{path}: success {succ:.3f}; take actions {n_takes}, wrong object {wrong / max(1, n_takes):.2f};")
+    print(f"clean/heat/cool {ops}, wrong op {wrong_op / max(1, ops):.2f}")
+    print("takes by name length:", dict(takes))
+
+
+if __name__ == "__main__":
+    main()
