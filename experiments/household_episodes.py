@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from empg.envs import make
+from empg.envs.checks import expert_episode
 from empg.eval.evaluate import eval_seeds
 from empg.policy import SamplingParams
 from empg.rollout.collect import collect
@@ -111,13 +112,8 @@ def _verb(action: str | None) -> str:
 
 def expert_length(seed: int, split: str) -> int:
     """Turns the systematic expert needs to solve ``seed`` of ``split`` alone (50 when it does not)."""
-    env = make(ENV_ID, split, max_turns=50, **ENV_KWARGS)
-    env.reset(seed=seed)
-    for turn in range(1, 51):
-        _, _, terminated, truncated, _ = env.step(env.unwrapped.expert_action())
-        if terminated or truncated:
-            return turn if terminated else 50
-    return 50
+    episode = expert_episode(make(ENV_ID, split, max_turns=50, **ENV_KWARGS), seed)
+    return len(episode) - 1 if episode[-1][3] else 50  # [3]: the last step's ``terminated``
 
 
 def replay(actions: list[str | None], seed: int, split: str) -> Replay:

@@ -30,15 +30,9 @@ def he():
 
 def _expert_actions(he, seed: int, split: str) -> list[str]:
     from empg.envs import make
+    from empg.envs.checks import expert_episode
 
-    env = make(he.ENV_ID, split, max_turns=50, **he.ENV_KWARGS)
-    env.reset(seed=seed)
-    actions, done = [], False
-    while not done:
-        actions.append(env.unwrapped.expert_action())
-        _, _, terminated, truncated, _ = env.step(actions[-1])
-        done = terminated or truncated
-    return actions
+    return [step[0] for step in expert_episode(make(he.ENV_ID, split, max_turns=50, **he.ENV_KWARGS), seed)[1:]]
 
 
 def test_take_and_op_kinds(he):

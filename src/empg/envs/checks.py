@@ -55,8 +55,9 @@ def _max_steps(env: Any) -> int:
     return int(getattr(env, "max_turns", 50))
 
 
-def _expert_episode(env: Any, seed: int) -> list[tuple]:
-    """Reset with ``seed`` and follow the expert to the end (at most max_turns steps); return the transitions."""
+def expert_episode(env: Any, seed: int) -> list[tuple]:
+    """Reset with ``seed`` and follow the expert to the end (at most max_turns steps); return the transitions:
+    ``(obs, info)`` of the reset, then one ``(action, obs, reward, terminated, truncated, info)`` per step."""
     obs, info = env.reset(seed=seed)
     out: list[tuple] = [(obs, info)]
     for _ in range(_max_steps(env)):
@@ -100,7 +101,7 @@ def check_step_types(env: Any, seed: int) -> None:
 
 def check_seed_determinism(env: Any, seed: int) -> None:
     """Two expert episodes from the same seed are identical (observations, rewards, flags, info)."""
-    first, second = _expert_episode(env, seed), _expert_episode(env, seed)
+    first, second = expert_episode(env, seed), expert_episode(env, seed)
     if first != second:
         diff = next(i for i, (a, b) in enumerate(zip(first, second, strict=False)) if a != b) if first else 0
         raise _fail("seed_determinism", f"seed {seed} gave different episodes (first difference at step {diff})")
@@ -124,7 +125,7 @@ def check_invalid_actions(env: Any, seed: int) -> None:
 
 def check_expert_succeeds(env: Any, seed: int) -> None:
     """Following ``expert_action()`` wins within the turn limit, with a positive final reward."""
-    episode = _expert_episode(env, seed)
+    episode = expert_episode(env, seed)
     _, _, reward, terminated, _, info = episode[-1]
     if not (terminated and info["won"] and reward > 0):
         raise _fail("expert_succeeds", f"the expert did not win seed {seed} in {len(episode) - 1} steps")
@@ -132,7 +133,7 @@ def check_expert_succeeds(env: Any, seed: int) -> None:
 
 def check_step_after_end(env: Any, seed: int) -> None:
     """``step`` after the episode ended raises :class:`EpisodeOverError` (a clear error, not a silent step)."""
-    _expert_episode(env, seed)
+    expert_episode(env, seed)
     try:
         env.step("look")
     except EpisodeOverError:
