@@ -20,6 +20,7 @@ from empg.train.distributed import (
     gather_cat,
     global_step_advantages,
     init_distributed,
+    leave_process_group,
     reducer,
 )
 
@@ -150,7 +151,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str, overrides: list[str]
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     os.environ["EMPG_TEST_DIR"] = os.path.join(out_dir, "reshard")
     torch.set_num_threads(1)
-    info = init_distributed("gloo")
+    info, finished = init_distributed("gloo"), False
     try:
         # A. one update on a fixed batch, sharded by groups
         lo, hi = Reducer(rank=info.rank, world_size=info.world_size).shard(N_GROUPS)
@@ -162,8 +163,9 @@ def _worker(rank: int, world: int, port: int, out_dir: str, overrides: list[str]
 
         result["history"] = rl.train(load_config(None, [*overrides, f"optim.sharding={sharding}"]), info=info)
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+        finished = True
     finally:
-        torch.distributed.destroy_process_group()
+        leave_process_group(info, wait=finished)  # on success, no rank closes its connections before the others
 
 
 def _free_port() -> int:

@@ -8,6 +8,7 @@ import pytest
 
 from empg.cli import main
 from empg.envs import make, split_seeds
+from empg.envs.checks import expert_episode
 from empg.train import sft
 from empg.train.sft import collect_demos, encode_response, sft_train
 
@@ -20,15 +21,11 @@ def policy(tiny_model_dir):
 
 
 def _expert_episode(seed, max_turns):
+    """The env and the expert's episode as ``(obs, info, action)`` per step: what each prompt is built from."""
     env = make("household-v0", "train", max_turns=max_turns)
-    obs, info = env.reset(seed=seed)
-    out, done = [], False
-    while not done:
-        action = env.expert_action()
-        out.append((obs, info, action))
-        obs, _, term, trunc, info = env.step(action)
-        done = term or trunc
-    return env, out
+    (obs, info), *transitions = expert_episode(env, seed)
+    states = [(obs, info)] + [(t[1], t[5]) for t in transitions[:-1]]
+    return env, [(o, i, t[0]) for (o, i), t in zip(states, transitions, strict=True)]
 
 
 def test_demos_follow_the_expert_and_the_rollout_prompts(policy):

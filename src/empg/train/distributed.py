@@ -135,6 +135,21 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
+def leave_process_group(info: DistInfo, *, wait: bool = True) -> None:
+    """Destroy the process group (a no-op for a single process); with ``wait``, after every rank has arrived.
+
+    Pass ``wait=True`` on a normal exit: without the barrier a rank that finishes first (workers return from
+    :func:`empg.train.rl.train` while rank 0 still writes plots) closes its gloo connections under a peer that still
+    holds them, which can abort that peer ("terminate called without an active exception", SIGABRT). Pass
+    ``wait=False`` when leaving on an exception: the other ranks may be inside a collective that will never match,
+    and closing at once makes theirs fail now instead of at the collective timeout."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if wait and info.enabled:
+        dist.barrier()
+    dist.destroy_process_group()
+
+
 # ----------------------------------------------------------------------------- collectives
 def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
     """``[obj of rank 0, obj of rank 1, ...]`` on every rank (pickled; keep it small)."""

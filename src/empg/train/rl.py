@@ -78,6 +78,7 @@ from empg.train.distributed import (
     fsdp_reducer,
     global_step_advantages,
     init_distributed,
+    leave_process_group,
     reducer,
 )
 from empg.train.forward import response_logits, response_logprobs
@@ -229,10 +230,13 @@ def train_auto(cfg: TrainConfig, *, resume: bool = False, console: Any = None) -
     info = init_distributed()
     if not info.enabled:
         return train(cfg, resume=resume, console=console)
+    finished = False
     try:
-        return train(cfg, resume=resume, console=console if info.is_main else None, info=info)
+        history = train(cfg, resume=resume, console=console if info.is_main else None, info=info)
+        finished = True
+        return history
     finally:
-        torch.distributed.destroy_process_group()
+        leave_process_group(info, wait=finished)
 
 
 def _finish(run: Run) -> None:
