@@ -78,7 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="eval_in", choices=["train", "eval_in", "eval_out"])
     p.add_argument("--episodes", type=int, default=None, help="Episodes (default: the run's eval.episodes).")
     p.add_argument("--checkpoint", type=Path, default=None, help="A checkpoint or model dir (default: the latest).")
-    p.add_argument("--greedy", action="store_true", help="Greedy decoding instead of eval.temperature.")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--greedy", action="store_true", help="Greedy decoding instead of eval.temperature.")
+    how.add_argument(
+        "--temperature",
+        type=_temperature,
+        default=None,
+        metavar="T",
+        help="Sample at T instead of the run's eval.temperature (e.g. the rollouts' rollout.temperature, to see the "
+        "policy RL trained rather than its sharpened copy).",
+    )
     p.add_argument(
         "--sampling-seed",
         type=int,
@@ -216,6 +225,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _temperature(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value <= 10.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 10], got {value}; use --greedy for greedy decoding")
+    return value
+
+
 def _doc(module: str) -> str:
     """The module docstring of ``empg.study.<module>`` (the --help epilog)."""
     import importlib
@@ -264,6 +280,7 @@ def _cmd_eval(args: argparse.Namespace, console: Console) -> int:
         episodes=args.episodes,
         checkpoint=args.checkpoint,
         greedy=args.greedy,
+        temperature=args.temperature,
         sampling_seed=args.sampling_seed,
     )
     console.print(render_report(report))

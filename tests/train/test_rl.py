@@ -214,6 +214,15 @@ def test_eval_cli_prints_confidence_intervals(tmp_path, tiny_model_dir, capsys, 
     assert (run_dir / "eval" / "eval_out_iter_0001.json").read_text() == trained
     assert main(["eval", str(run_dir), "--split", "eval_in", "--sampling-seed", "7", "--greedy"]) == 0
     assert (run_dir / "eval" / "cli" / "eval_in_iter_0001_n3_s7_greedy.json").is_file()
+    # --temperature: the run's own value changes nothing (same file, same outcomes); another one gets its own file
+    assert main(["eval", str(run_dir), "--split", "eval_out", "--temperature", "0.4"]) == 0
+    assert json.loads((run_dir / "eval" / "cli" / "eval_out_iter_0001_n3_s2000006.json").read_text()) == again
+    assert main(["eval", str(run_dir), "--split", "eval_out", "--temperature", "1.5"]) == 0
+    assert (run_dir / "eval" / "cli" / "eval_out_iter_0001_n3_s2000006_t1.5.json").is_file()
+    with pytest.raises(SystemExit):  # greedy and a temperature are two answers to one question
+        main(["eval", str(run_dir), "--temperature", "1.0", "--greedy"])
+    with pytest.raises(SystemExit):
+        main(["eval", str(run_dir), "--temperature", "0"])
 
 
 def test_dapo_keeps_informative_groups_and_updates(tmp_path, tiny_model_dir, fast):
