@@ -158,3 +158,29 @@ def test_micro_batch_accumulation_equals_full_batch(seed, agg, split):
         total += float(part.detach())
     assert total == pytest.approx(float(full.detach()), abs=1e-12)
     torch.testing.assert_close(micro_p.grad, full_p.grad, atol=1e-12, rtol=0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), agg=st.sampled_from(AGG_MODES), copies=st.integers(2, 5), dual=st.booleans())
+def test_duplicate_rows_merged_into_summed_signed_advantages_give_the_same_loss_and_gradient(seed, agg, copies, dual):
+    """``copies`` rows with one ratio and advantages of both signs (ratios far outside the clip range included): one
+    row with the positive advantages summed plus ``advantages_neg`` = the negative ones summed has their loss and
+    gradient, given the rows' denominator (StepBatch.merge_duplicates's identity)."""
+    gen = torch.Generator().manual_seed(seed)
+    t = 6
+    logp0 = -torch.rand(1, t, generator=gen, dtype=torch.float64)
+    old = logp0 + 0.6 * torch.randn(1, t, generator=gen, dtype=torch.float64)  # ratios ~ e^±0.6: often clipped
+    adv = torch.randn(copies, t, generator=gen, dtype=torch.float64)
+    mask = torch.rand(1, t, generator=gen) > 0.2
+    denom = float(mask.sum()) * copies if agg == "token-mean" else float(copies)
+    kw = dict(clip_high=0.28, agg=agg, denominator=denom, max_len=t, dual_clip=3.0 if dual else None)
+    rows_p = logp0.clone().requires_grad_(True)
+    rows, _ = policy_loss(rows_p.expand(copies, t), old.expand(copies, t), adv, mask.expand(copies, t), **kw)
+    rows.backward()
+    one_p = logp0.clone().requires_grad_(True)
+    pos, neg = adv.clamp(min=0).sum(0, keepdim=True), adv.clamp(max=0).sum(0, keepdim=True)
+    one, m = policy_loss(one_p, old, pos, mask, advantages_neg=neg, **kw)
+    one.backward()
+    assert float(one.detach()) == pytest.approx(float(rows.detach()), abs=1e-12)
+    torch.testing.assert_close(one_p.grad, rows_p.grad, atol=1e-12, rtol=0)
+    assert 0.0 <= m["actor/clipfrac"] <= 1.0

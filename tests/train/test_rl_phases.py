@@ -355,3 +355,56 @@ def test_overlong_punishment_shapes_the_return_per_step():
     assert returns.tolist() == pytest.approx([10.0 - 2 * 0.5, 0.0 - 2 * 1.0, 0.0])
     off, _ = advantage.episode_returns(load_config(None, ["algo.invalid_penalty=0"]), trajs)
     assert off.tolist() == [10.0, 0.0, 0.0]
+
+
+def _update_once(cfg, batch, ref_logp):
+    """One update_phase from a fresh run of the base model; returns (metrics, the gradients it stepped with)."""
+    run = rl.setup_run(cfg)
+    metrics = rl.update_phase(run, batch, ref_logp, 0)
+    return metrics, [p.grad.clone() for p in run.trained_model.parameters()]
+
+
+def test_merged_duplicate_rows_give_the_unmerged_loss_and_gradient(tmp_path, tiny_model_dir, fast):
+    """Repeated rows are computed once with their positive and negative advantages summed apart: the PPO loss, the
+    count-weighted KL and entropy terms and the gradient equal the unmerged batch's."""
+    common = ("algo.kl_coef=0.5", "algo.entropy_coef=0.1", "optim.lr=1e-4", "optim.grad_clip=0", "optim.mini_batches=1")
+    cfg = load_config(None, fast(tmp_path / "a", tiny_model_dir, *common))
+    run = rl.setup_run(cfg)
+    steps, _, _ = rl.rollout_phase(run, 0)
+    base = rl.pack_steps(run.policy, steps)
+    assert base.batch_size >= 3
+    rows = [0, 1, 2, 0, 0, 1]  # row 0 three times (+, +, -), row 1 twice (-, -)
+    batch = base.select(rows)
+    batch.advantages = advantage.to_tokens(torch.tensor([1.0, -0.5, 2.0, 0.7, -0.3, -1.2]), batch.response_mask)
+    ref = batch.old_logprobs - 0.05 * batch.response_mask  # a reference model that differs: a non-zero KL term
+
+    merged, counts, first = batch.merge_duplicates()
+    assert first.tolist() == [0, 1, 2] and counts.tolist() == [3.0, 2.0, 1.0]
+    row_pos = (merged.advantages * merged.response_mask).amax(-1)
+    row_neg = (merged.advantages_neg * merged.response_mask).amin(-1)
+    assert row_pos.tolist() == pytest.approx([1.7, 0.0, 2.0]) and row_neg.tolist() == pytest.approx([-0.3, -1.7, 0.0])
+
+    plain, g_plain = _update_once(
+        load_config(None, fast(tmp_path / "b", tiny_model_dir, *common, "optim.merge_duplicates=false")), batch, ref
+    )
+    once, g_once = _update_once(load_config(None, fast(tmp_path / "c", tiny_model_dir, *common)), batch, ref)
+    assert once["update/distinct_rows"] == pytest.approx(3 / 6) and "update/distinct_rows" not in plain
+    for key in ("loss/pg", "loss/kl", "loss/entropy", "loss/total"):
+        assert once[key] == pytest.approx(plain[key], rel=1e-5, abs=1e-7), key
+    for a, b in zip(g_once, g_plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_merge_duplicates_without_duplicates_is_the_identity(tmp_path, tiny_model_dir, fast):
+    cfg = load_config(None, fast(tmp_path / "run", tiny_model_dir))
+    run = rl.setup_run(cfg)
+    steps, _, _ = rl.rollout_phase(run, 0)
+    batch = rl.pack_steps(run.policy, steps)
+    batch.advantages = advantage.to_tokens(torch.linspace(-1, 1, batch.batch_size), batch.response_mask)
+    distinct = {tuple(r.tolist()) for r in batch.input_ids}
+    merged, counts, first = batch.merge_duplicates()
+    assert len(merged) == len(distinct) and float(counts.sum()) == batch.batch_size
+    if len(distinct) == batch.batch_size:
+        assert first.tolist() == list(range(batch.batch_size))
+        torch.testing.assert_close(merged.advantages + merged.advantages_neg, batch.advantages)
+        assert bool((merged.advantages >= 0).all()) and bool((merged.advantages_neg <= 0).all())

@@ -89,6 +89,7 @@ def policy_loss(
     agg: str = "token-mean",
     denominator: float | Tensor | None = None,
     max_len: int | None = None,
+    advantages_neg: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """PPO clipped surrogate loss.
 
@@ -103,6 +104,9 @@ def policy_loss(
         agg: see :func:`agg_loss`.
         denominator: see :func:`agg_loss`.
         max_len: see :func:`agg_loss`.
+        advantages_neg: (B, T) or (B,) non-positive advantages whose surrogate is added to that of ``advantages``
+            (then non-negative) at the same ratio: merged duplicate rows
+            (:meth:`empg.train.batch.StepBatch.merge_duplicates`), whose loss is the sum of their rows' losses.
 
     Returns:
         (scalar loss, metrics) — the metric keys are listed in the module docstring.
@@ -111,48 +115,52 @@ def policy_loss(
         raise ValueError(f"dual_clip must be > 1 (typically 3) or None; got {dual_clip}")
     if clip_low < 0 or clip_high < 0:
         raise ValueError(f"clip_low and clip_high must be >= 0; got {clip_low}, {clip_high}")
-    if advantages.dim() == 1:
-        advantages = advantages.unsqueeze(-1).expand_as(logp)
+    parts = [advantages] if advantages_neg is None else [advantages, advantages_neg]
+    parts = [a.unsqueeze(-1).expand_as(logp) if a.dim() == 1 else a for a in parts]
     m = _bool_mask(mask, logp)
-    if old_logp.shape != logp.shape or advantages.shape != logp.shape:
+    if old_logp.shape != logp.shape or any(a.shape != logp.shape for a in parts):
         raise ValueError(
-            f"logp {tuple(logp.shape)}, old_logp {tuple(old_logp.shape)} and advantages {tuple(advantages.shape)} "
+            f"logp {tuple(logp.shape)}, old_logp {tuple(old_logp.shape)} and advantages {tuple(parts[0].shape)} "
             "must share the shape (B, T)"
         )
     zero = torch.zeros_like(logp)
     log_ratio = torch.where(m, logp - torch.where(m, old_logp, zero), zero).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
-    adv = torch.where(m, advantages.to(logp.dtype), zero)
     ratio = torch.exp(log_ratio)  # (B, T)
-    loss1 = -adv * ratio
-    loss2 = -adv * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
-    pg = torch.maximum(loss1, loss2)
-    dual_active = torch.zeros_like(m)
+    pg, low, high, dual_active = zero, torch.zeros_like(m), torch.zeros_like(m), torch.zeros_like(m)
+    for part in parts:
+        adv = torch.where(m, part.to(logp.dtype), zero)
+        part_pg, part_dual = _surrogate(ratio, adv, clip_low, clip_high, dual_clip)
+        pg, dual_active = pg + part_pg, dual_active | part_dual
+        low, high = low | ((adv < 0) & (ratio < 1.0 - clip_low)), high | ((adv > 0) & (ratio > 1.0 + clip_high))
+    loss = agg_loss(pg, m, agg, denominator, max_len=max_len)
+    metrics = _metrics(loss, ratio.detach(), log_ratio.detach(), low, high, dual_active, m)
+    return loss, metrics
+
+
+def _surrogate(
+    ratio: Tensor, adv: Tensor, clip_low: float, clip_high: float, dual_clip: float | None
+) -> tuple[Tensor, Tensor]:
+    """Per-token clipped surrogate ``max(-A r, -A clip(r))`` (B, T), dual-clipped for A < 0, and where the dual
+    clip is active."""
+    pg = torch.maximum(-adv * ratio, -adv * ratio.clamp(1.0 - clip_low, 1.0 + clip_high))
+    dual_active = torch.zeros_like(adv, dtype=torch.bool)
     if dual_clip is not None:
         bound = -adv * dual_clip
         dual_active = (adv < 0) & (pg > bound)
         pg = torch.where(adv < 0, torch.minimum(pg, bound), pg)
-    loss = agg_loss(pg, m, agg, denominator, max_len=max_len)
-    metrics = _metrics(loss, ratio.detach(), log_ratio.detach(), adv.detach(), m, clip_low, clip_high, dual_active)
-    return loss, metrics
+    return pg, dual_active
 
 
 def _metrics(
-    loss: Tensor,
-    ratio: Tensor,
-    log_ratio: Tensor,
-    adv: Tensor,
-    m: Tensor,
-    clip_low: float,
-    clip_high: float,
-    dual_active: Tensor,
+    loss: Tensor, ratio: Tensor, log_ratio: Tensor, low: Tensor, high: Tensor, dual_active: Tensor, m: Tensor
 ) -> dict[str, float]:
+    """Metrics of the module docstring; ``low`` / ``high`` / ``dual_active`` (B, T) bool: clipped tokens."""
     n = max(int(m.sum()), 1)
 
     def frac(x: Tensor) -> float:
         return float((x & m).sum()) / n
 
-    low = frac((adv < 0) & (ratio < 1.0 - clip_low))
-    high = frac((adv > 0) & (ratio > 1.0 + clip_high))
+    low, high = frac(low), frac(high)
     r = ratio[m]
     out = {
         "actor/pg_loss": float(loss.detach()),

@@ -39,6 +39,8 @@ class StepBatch:
         allowed: (B, L, K) long or None. Constrained decoding (:mod:`empg.policy.constrain`): at a response token
             the ids its distribution was restricted to, padded with -1; all -1 = unconstrained (full softmax).
             None when no row was constrained.
+        advantages_neg: (B, L) float or None. Set by :meth:`merge_duplicates` only: the summed negative advantages of
+            the rows merged into each row, whose ``advantages`` then hold the summed positive ones.
     """
 
     input_ids: Tensor
@@ -55,6 +57,7 @@ class StepBatch:
     response_start: int
     token_renyi2: Tensor | None = None
     allowed: Tensor | None = None
+    advantages_neg: Tensor | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -105,6 +108,43 @@ class StepBatch:
         if micro_batch_size < 1:
             raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
         return [self.select(i) for i in torch.arange(self.batch_size).split(micro_batch_size)]
+
+    def merge_duplicates(self) -> tuple[StepBatch, Tensor, Tensor]:
+        """Rows with the same tokens, masks and allowed sets merged into one row each.
+
+        In a GRPO group several rollouts often take the same step from the same state (the first turns, or a
+        confident policy), so the update would compute the same forward/backward several times. Duplicate rows share
+        the PPO ratio exactly, and the clipped surrogate of a token, ``-min(r A, clip(r) A)``, is degree-1
+        homogeneous in ``A`` for a fixed sign of ``A``; so the rows' surrogates add up to that of one row whose
+        positive advantages are summed in ``advantages`` and negative ones in ``advantages_neg`` (both passed to
+        :func:`empg.algos.losses.policy_loss`). Terms without ``A`` (KL, entropy) and the loss denominators must
+        weight the merged row by its count (:func:`empg.train.rl.update_phase` does both). Behaviour log-probs of
+        duplicates differ only by float noise from batching; the first row's are kept.
+
+        Returns:
+            (merged batch ``B' <= B`` rows in order of first appearance, with ``advantages_neg`` set; counts (B',)
+            float: rows merged into each; first (B',) long: the index in this batch of each one's first row).
+        """
+        keys: dict[bytes, int] = {}
+        slot = []
+        for i in range(self.batch_size):
+            parts = [self.input_ids[i], self.attention_mask[i], self.response_mask[i]]
+            if self.allowed is not None:
+                parts.append(self.allowed[i])
+            slot.append(keys.setdefault(b"|".join(t.contiguous().cpu().numpy().tobytes() for t in parts), len(keys)))
+        index = torch.tensor(slot, dtype=torch.long, device=self.input_ids.device)
+        rows = torch.arange(self.batch_size, device=index.device)
+        first = torch.full((len(keys),), self.batch_size, dtype=torch.long, device=index.device)
+        first = first.scatter_reduce(0, index, rows, "amin")
+        merged = self.select(first)
+        pos, neg = self.advantages.clamp(min=0), self.advantages.clamp(max=0)
+        if self.advantages_neg is not None:  # already merged: the two parts stay apart
+            pos, neg = self.advantages, self.advantages_neg
+        zeros = torch.zeros_like(merged.advantages)
+        merged.advantages, merged.advantages_neg = zeros.index_add(0, index, pos), zeros.index_add(0, index, neg)
+        counts = torch.zeros(len(keys), dtype=torch.float32, device=index.device)
+        counts.index_add_(0, index, torch.ones(self.batch_size, device=index.device))
+        return merged, counts, first
 
     def to(self, device: str | torch.device) -> StepBatch:
         return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self) if _is_t(self, f)})

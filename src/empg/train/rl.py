@@ -570,6 +570,8 @@ def update_phase(run: Run, batch: StepBatch, ref_logp: torch.Tensor | None, it: 
     model = run.trained_model
     params = [p for p in model.parameters() if p.requires_grad]
     gen = generator_for(cfg.seed, it, "shuffle")
+    n_before = int(batch.response_mask.shape[0])
+    batch, weight, ref_logp = merge_rows(cfg, batch, ref_logp)
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
 
@@ -583,7 +585,7 @@ def update_phase(run: Run, batch: StepBatch, ref_logp: torch.Tensor | None, it: 
     for epoch in range(cfg.algo.ppo_epochs):
         perm = torch.randperm(n_rows, generator=gen)
         for k, mini_idx in enumerate(torch.tensor_split(perm, n_mini)):
-            denom = reduce.sum(_denominator(cfg, batch.response_mask[mini_idx]))
+            denom = reduce.sum(_denominator(cfg, batch.response_mask[mini_idx], _rows(weight, mini_idx)))
             opt.zero_grad(set_to_none=True)
             micros = [m for m in torch.split(by_length(batch, mini_idx), cfg.optim.micro_batch_size) if m.numel() > 0]
             passes = reduce.max(len(micros)) if reduce.lockstep else len(micros)  # agreed before any pass
@@ -591,7 +593,7 @@ def update_phase(run: Run, batch: StepBatch, ref_logp: torch.Tensor | None, it: 
             drift = _DriftStats(add, epoch, epoch == 0 and k == 0, cfg.algo.ppo_epochs > 1, ratios)
             for i in range(passes):  # no micro-batch only on a process whose shard is empty
                 if i < len(micros):
-                    _micro_backward(run, batch, micros[i], ref_logp, denom, it, drift)
+                    _micro_backward(run, batch, micros[i], ref_logp, denom, it, drift, _rows(weight, micros[i]))
                 else:
                     _idle_backward(model)
             reduce.grads(params)  # Σ over processes of Σ_local / global denominator = the full-batch gradient
@@ -613,7 +615,24 @@ def update_phase(run: Run, batch: StepBatch, ref_logp: torch.Tensor | None, it: 
         if values:
             out[key] = pick(values)
     out["optim/steps"] = float(optimizer_steps(opt))
+    if weight is not None:  # rows computed / rows in the batch (this process's)
+        out["update/distinct_rows"] = n_rows / max(n_before, 1)
     return out
+
+
+def merge_rows(
+    cfg: TrainConfig, batch: StepBatch, ref_logp: torch.Tensor | None
+) -> tuple[StepBatch, torch.Tensor | None, torch.Tensor | None]:
+    """With ``optim.merge_duplicates``: identical step rows merged (:meth:`StepBatch.merge_duplicates`), their
+    counts as row weights, the reference log-probs of the merged rows; else everything unchanged and no weights."""
+    if not cfg.optim.merge_duplicates:
+        return batch, None, ref_logp
+    merged, counts, first = batch.merge_duplicates()
+    return merged, counts, (ref_logp[first] if ref_logp is not None else None)
+
+
+def _rows(weight: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor | None:
+    return None if weight is None else weight[idx]
 
 
 DRIFT_KEYS = ("actor/approx_kl", "actor/clipfrac", "actor/clipfrac_low", "actor/clipfrac_high", "actor/dual_clipfrac")
@@ -667,8 +686,12 @@ def _micro_backward(
     denom: float,
     it: int,
     add: _DriftStats,
+    weight: torch.Tensor | None = None,
 ) -> None:
-    """Loss of micro-batch ``idx`` (normalised by the mini-batch ``denom``), NaN guard, backward; metrics to ``add``."""
+    """Loss of micro-batch ``idx`` (normalised by the mini-batch ``denom``), NaN guard, backward; metrics to ``add``.
+
+    ``weight`` (b,): rows each merged row stands for (:func:`merge_rows`); the KL and entropy terms are weighted by
+    it, the policy-gradient term already carries it in its summed advantages."""
     cfg = run.cfg
     micro = batch.select(idx)
     need_ent = cfg.algo.entropy_coef > 0
@@ -684,14 +707,15 @@ def _micro_backward(
         dual_clip=cfg.algo.dual_clip,
         agg=cfg.algo.loss_agg,
         denominator=denom,
+        advantages_neg=micro.advantages_neg,  # set on merged rows (merge_rows)
     )
     loss = pg
     if ref_logp is not None:
-        kl = agg_loss(kl_penalty(logp, ref_logp[idx], kind="k3"), mask, cfg.algo.loss_agg, denom)
+        kl = agg_loss(_weighted(kl_penalty(logp, ref_logp[idx], kind="k3"), weight), mask, cfg.algo.loss_agg, denom)
         loss = loss + cfg.algo.kl_coef * kl
         add("loss/kl", kl.detach())
     if need_ent:
-        ent_term = entropy_loss(ent, mask, agg=cfg.algo.loss_agg, denominator=denom)
+        ent_term = entropy_loss(_weighted(ent, weight), mask, agg=cfg.algo.loss_agg, denominator=denom)
         loss = loss - cfg.algo.entropy_coef * ent_term
         add("loss/entropy", ent_term.detach())
     check_finite("policy loss", loss, it)
@@ -709,11 +733,17 @@ def _idle_backward(model: torch.nn.Module) -> None:
     (model(input_ids=ids).logits.sum() * 0.0).backward()
 
 
-def _denominator(cfg: TrainConfig, mask: torch.Tensor) -> float:
-    """Global normaliser of a mini-batch (mask (b, L)) so micro-batch losses add up to the mini-batch loss."""
+def _weighted(values: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    return values if weight is None else values * weight.to(values.dtype).unsqueeze(-1)
+
+
+def _denominator(cfg: TrainConfig, mask: torch.Tensor, weight: torch.Tensor | None = None) -> float:
+    """Global normaliser of a mini-batch (mask (b, L); weight (b,) rows per merged row) so micro-batch losses add up
+    to the mini-batch loss: its token count for token-mean, its row count otherwise."""
+    w = torch.ones(mask.shape[0]) if weight is None else weight.cpu().float()
     if cfg.algo.loss_agg == "token-mean":
-        return float(mask.sum())
-    return float(mask.shape[0])
+        return float(((mask != 0).sum(-1).cpu().float() * w).sum())
+    return float(w.sum())
 
 
 # ============================================================================= 5. evaluation

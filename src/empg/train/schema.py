@@ -326,6 +326,14 @@ class OptimConfig:
     grad_clip: float = _f(1.0, "Global gradient-norm clip (0 = off).")
     micro_batch_size: int = _f(16, "Step rows per forward/backward; gradients accumulate over the whole batch.")
     mini_batches: int = _f(1, "Optimizer steps per PPO epoch (the batch is split into this many mini-batches).")
+    merge_duplicates: bool = _f(
+        True,
+        "Compute each distinct step row once in the update: rows with the same tokens and advantage signs (rollouts "
+        "of a group that took the same step from the same state) are merged into one with their advantages summed "
+        "and their count as its weight in the loss denominators and the KL / entropy terms; the loss and gradient "
+        "are those of the unmerged batch. Mini-batches are then drawn over distinct rows. Logged as "
+        "update/distinct_rows (rows computed / rows).",
+    )
     sharding: str = _f(
         "ddp",
         "Multi-process training only (torchrun / accelerate launch): ddp = each process holds the whole model and "
