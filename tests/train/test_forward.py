@@ -1,6 +1,7 @@
 """The trainer's differentiable forward (:mod:`empg.train.forward`): against an unpadded full-logits reference, against
 the log-probs and entropies recorded while generating, and at a micro-batch's own width."""
 
+import pytest
 import torch
 
 import empg.train.forward as fwd
@@ -77,3 +78,31 @@ def test_response_logprobs_of_a_narrow_micro_batch_skips_its_padding_columns(tin
     assert lp.shape == ent.shape == micro.input_ids.shape
     torch.testing.assert_close(lp, full_lp[[1, 2]].detach(), atol=1e-5, rtol=0)
     torch.testing.assert_close(ent, full_ent[[1, 2]].detach(), atol=1e-5, rtol=0)
+
+
+def test_columns_after_the_last_choice_are_not_computed_and_read_as_forced(tiny, monkeypatch):
+    """Constrained rows whose last tokens were forced (one allowed id): the forward stops after the last token with a
+    choice in any row, and the skipped tokens read log-prob 0 and entropy 0, as under their one-id mask."""
+    prompts = _prompts(tiny, 2)
+    responses = [[5, 6, 7, 8], [9, 10, 11]]
+    allowed = [[[5, 20], [6], [7], [8]], [[9, 21, 22], [10, 23], [11]]]  # choices at offsets 0 and 0, 1
+    batch = pack(prompts, responses, tiny.pad_id, allowed=allowed)
+    P = batch.response_start
+    assert fwd.last_choice_column(batch) == P + 2
+    widths = []
+    real = fwd.forward_logits
+    monkeypatch.setattr(
+        fwd, "forward_logits", lambda m, ids, *a, **k: widths.append(ids.shape[1]) or real(m, ids, *a, **k)
+    )
+    with torch.no_grad():
+        lp, ent = response_logprobs(tiny.model, batch, temperature=0.8, with_entropy=True)
+    lo = P - max(len(p) for p in prompts)
+    assert widths == [P + 2 - lo]
+    for i, (p, r, a) in enumerate(zip(prompts, responses, allowed, strict=True)):
+        with torch.no_grad():  # slow reference: the unpadded row, full logits restricted to each allowed set
+            logits = tiny.model(torch.tensor([p + r])).logits[0, len(p) - 1 : -1] / 0.8
+        for j, ids in enumerate(a):
+            logz = torch.log_softmax(logits[j, ids], -1)
+            assert float(lp[i, P + j]) == pytest.approx(float(logz[ids.index(r[j])]), abs=1e-5)
+            assert float(ent[i, P + j]) == pytest.approx(float(-(logz.exp() * logz).sum()), abs=1e-5)
+    assert float(lp[0, P + 1 :].abs().max()) == 0.0 and float(ent[1, P + 2 :].abs().max()) == 0.0

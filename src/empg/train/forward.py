@@ -28,7 +28,9 @@ def response_logprobs(
     """Log-probs (and entropies) of the batch's tokens under ``model`` at ``temperature``; differentiable.
 
     Only the logits that predict response columns are computed (``logits_to_keep``), in chunks of ``chunk_size``
-    positions by the ``empg.algos.entropy`` helpers.
+    positions by the ``empg.algos.entropy`` helpers. Nor are the columns after every row's last token with a choice:
+    a constrained token whose allowed set is one id has log-prob and entropy 0 under the restricted distribution (and
+    no gradient), and, the model being causal, no later column changes an earlier one's output.
 
     Args:
         model: HF causal LM.
@@ -43,7 +45,7 @@ def response_logprobs(
     """
     ids, P = batch.input_ids, batch.response_start
     B, L = ids.shape
-    logits, hi = response_logits(model, batch)
+    logits, hi = response_logits(model, batch, end=last_choice_column(batch))
     labels = ids[:, P:hi]  # (B, R') with R' = hi - P; logits (B, R', V) predict columns P..hi-1
     mask = batch.response_mask[:, P:hi].to(logits.device)
     if with_entropy:
@@ -65,10 +67,10 @@ def response_logprobs(
     return logp, torch.cat([pad, torch.where(mask != 0, ent, torch.zeros_like(ent)), tail], dim=1)
 
 
-def response_logits(model: Any, batch: StepBatch) -> tuple[Tensor, int]:
+def response_logits(model: Any, batch: StepBatch, *, end: int | None = None) -> tuple[Tensor, int]:
     """Logits ``(B, hi - P, V)`` predicting the response columns ``P … hi-1`` of ``batch`` and ``hi``, the end of
     its real columns (every later column is padding in every row, so it is not computed; nor are leading all-padding
-    columns). Position ids are ``cumsum(attention_mask) - 1``, as in generation."""
+    columns), or ``end`` when that is earlier. Position ids are ``cumsum(attention_mask) - 1``, as in generation."""
     ids, attn, P = batch.input_ids, batch.attention_mask, batch.response_start
     if not 0 < P < ids.shape[1]:
         raise ValueError(
@@ -76,8 +78,19 @@ def response_logits(model: Any, batch: StepBatch) -> tuple[Tensor, int]:
         )
     position_ids = (attn.cumsum(-1) - 1).clamp_min(0)
     lo, hi = real_columns(attn, P)
+    hi = hi if end is None else max(min(hi, end), P + 1)
     logits = forward_logits(model, ids[:, lo:hi], attn[:, lo:hi], position_ids[:, lo:hi], keep=hi - P + 1)[:, :-1]
     return logits, hi
+
+
+def last_choice_column(batch: StepBatch) -> int | None:
+    """One past the last response column of any row whose token had a choice: unconstrained, or constrained to more
+    than one id (:attr:`StepBatch.allowed`); None without constraints (every column counts)."""
+    if batch.allowed is None:
+        return None
+    choice = (batch.response_mask != 0) & ((batch.allowed >= 0).sum(-1) != 1)  # (B, L)
+    used = choice.any(0).nonzero().flatten()
+    return int(used[-1]) + 1 if used.numel() else batch.response_start + 1
 
 
 def real_columns(attn: Tensor, P: int) -> tuple[int, int]:
