@@ -51,6 +51,28 @@ def test_trie_build_tokenizes_and_deduplicates(tiny):
     assert trie.depth == max(len(s) for s in ids)
 
 
+def test_trie_build_encodes_each_text_once_per_tokenizer(tiny):
+    """The choices' ids are remembered per tokenizer: a later build encodes only the texts it has not seen, and a
+    remembered text gives the ids the tokenizer gives."""
+    from empg.policy import constrain
+
+    calls: list[list[str]] = []
+
+    class Counting:  # the tokenizer's batch call, counted
+        def __call__(self, texts, add_special_tokens=False):
+            calls.append(list(texts))
+            return tiny.tokenizer(texts, add_special_tokens=add_special_tokens)
+
+    tok = Counting()
+    first = constrain.encode_cached(tok, list(CHOICES))
+    again = constrain.encode_cached(tok, [CHOICES[1], "inventory</action>", CHOICES[0]])
+    assert calls == [list(CHOICES), ["inventory</action>"]]
+    assert first == [tiny.tokenizer.encode(c, add_special_tokens=False) for c in CHOICES]
+    assert again == [first[1], tiny.tokenizer.encode("inventory</action>", add_special_tokens=False), first[0]]
+    again[0].append(-1)  # callers get copies: the memo is not theirs to change
+    assert constrain.encode_cached(tok, [CHOICES[1]]) == [first[1]]
+
+
 def test_masked_logprobs_golden_two_actions():
     """Vocab of 4, allowed {1, 3}: p = softmax([z1, z3]) restricted and renormalised; position 2 unconstrained."""
     logits = torch.tensor([[[0.0, 1.0, 5.0, 3.0], [0.0, 1.0, 5.0, 3.0], [0.0, 0.0, 0.0, 0.0]]])  # (1, 3, 4)

@@ -21,6 +21,7 @@ on the household demonstrations for the tiny tokenizer.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -71,15 +72,31 @@ class TokenTrie:
 
     @classmethod
     def build(cls, tokenizer: Any, choices: Sequence[str]) -> TokenTrie:
-        """Tokenize ``choices`` (one batch call, no special tokens) and build the trie; duplicates count once."""
+        """Tokenize ``choices`` (no special tokens; one batch call for those not seen before with this tokenizer:
+        a rollout meets the same templated choices at step after step) and build the trie; duplicates count once."""
         unique = list(dict.fromkeys(choices))
         if not unique:
             return cls([])
-        ids = tokenizer(unique, add_special_tokens=False)["input_ids"]
-        return cls(ids)
+        return cls(encode_cached(tokenizer, unique))
 
     def __bool__(self) -> bool:
         return bool(self.root)
+
+
+_ENCODED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> {text: token ids}
+_ENCODED_MAX = 200_000  # texts remembered per tokenizer before the memo starts over
+
+
+def encode_cached(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    """``tokenizer(texts, add_special_tokens=False)["input_ids"]``, remembering each text's ids per tokenizer (a
+    pure function of the text), so only texts not seen before are encoded."""
+    memo = _ENCODED.setdefault(tokenizer, {})
+    new = [t for t in texts if t not in memo]
+    if new:
+        if len(memo) + len(new) > _ENCODED_MAX:
+            memo.clear()
+        memo.update(zip(new, tokenizer(new, add_special_tokens=False)["input_ids"], strict=True))
+    return [list(memo[t]) for t in texts]
 
 
 _PREFIX_ERROR = (
