@@ -571,7 +571,10 @@ def update_phase(run: Run, batch: StepBatch, ref_logp: torch.Tensor | None, it: 
     params = [p for p in model.parameters() if p.requires_grad]
     gen = generator_for(cfg.seed, it, "shuffle")
     n_before = int(batch.response_mask.shape[0])
-    batch, weight, ref_logp = merge_rows(cfg, batch, ref_logp)
+    weight = None  # optim.merge_duplicates: rows each merged row stands for
+    if cfg.optim.merge_duplicates:
+        batch, weight, first = batch.merge_duplicates()
+        ref_logp = ref_logp[first] if ref_logp is not None else None
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
 
@@ -618,17 +621,6 @@ def update_phase(run: Run, batch: StepBatch, ref_logp: torch.Tensor | None, it: 
     if weight is not None:  # rows computed / rows in the batch (this process's)
         out["update/distinct_rows"] = n_rows / max(n_before, 1)
     return out
-
-
-def merge_rows(
-    cfg: TrainConfig, batch: StepBatch, ref_logp: torch.Tensor | None
-) -> tuple[StepBatch, torch.Tensor | None, torch.Tensor | None]:
-    """With ``optim.merge_duplicates``: identical step rows merged (:meth:`StepBatch.merge_duplicates`), their
-    counts as row weights, the reference log-probs of the merged rows; else everything unchanged and no weights."""
-    if not cfg.optim.merge_duplicates:
-        return batch, None, ref_logp
-    merged, counts, first = batch.merge_duplicates()
-    return merged, counts, (ref_logp[first] if ref_logp is not None else None)
 
 
 def _rows(weight: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor | None:
@@ -690,8 +682,8 @@ def _micro_backward(
 ) -> None:
     """Loss of micro-batch ``idx`` (normalised by the mini-batch ``denom``), NaN guard, backward; metrics to ``add``.
 
-    ``weight`` (b,): rows each merged row stands for (:func:`merge_rows`); the KL and entropy terms are weighted by
-    it, the policy-gradient term already carries it in its summed advantages."""
+    ``weight`` (b,): rows each merged row stands for (:meth:`StepBatch.merge_duplicates`); the KL and entropy
+    terms are weighted by it, the policy-gradient term already carries it in its summed advantages."""
     cfg = run.cfg
     micro = batch.select(idx)
     need_ent = cfg.algo.entropy_coef > 0
@@ -707,7 +699,7 @@ def _micro_backward(
         dual_clip=cfg.algo.dual_clip,
         agg=cfg.algo.loss_agg,
         denominator=denom,
-        advantages_neg=micro.advantages_neg,  # set on merged rows (merge_rows)
+        advantages_neg=micro.advantages_neg,  # set on merged rows
     )
     loss = pg
     if ref_logp is not None:
