@@ -21,6 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from household_episodes import Replay, episodes_of, play, replay, take_counts  # noqa: E402
 
+from empg.rollout.prompts import PromptSpec  # noqa: E402
+
 
 def taxonomy(result, split: str) -> dict:
     """Counts of one :func:`household_episodes.play` result on ``split`` (see the module docstring)."""
@@ -50,7 +52,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sampling-seed", type=int, default=0, help="seed of the sampling generator")
     ap.add_argument("--task-reminder", type=int, default=1, help="1 if the model was trained with the task reminder")
     ap.add_argument("--thoughts", default="take_first", help="the thought templates the model was trained with")
+    ap.add_argument(
+        "--config",
+        help="the config the model was trained with (a run's config.yaml or a preset): its rollout.* prompt fields "
+        "and thoughts replace --task-reminder and --thoughts",
+    )
     args = ap.parse_args(argv)
+    prompt, thoughts = PromptSpec(history=2, task_reminder=bool(args.task_reminder)), args.thoughts
+    if args.config:
+        from empg.train.config import load_config
+
+        rollout = load_config(args.config, []).rollout
+        prompt, thoughts = PromptSpec.from_config(rollout), rollout.thoughts
 
     import torch
 
@@ -63,8 +76,8 @@ def main(argv: list[str] | None = None) -> None:
         args.episodes,
         split=args.split,
         sampling_seed=args.sampling_seed,
-        task_reminder=bool(args.task_reminder),
-        thoughts=args.thoughts,
+        prompt=prompt,
+        thoughts=thoughts,
     )
     t = taxonomy(result, args.split)
     n = len(result.trajectories)

@@ -18,6 +18,7 @@ import torch
 from empg.envs import split_seeds
 from empg.policy import Policy, SamplingParams
 from empg.rollout import collect
+from empg.rollout.prompts import PromptSpec
 from empg.train.config import load_config
 
 
@@ -54,7 +55,7 @@ def main() -> None:
         split="train",
         sampling=SamplingParams(temperature=cfg.rollout.temperature, max_new_tokens=cfg.rollout.max_new_tokens),
         max_turns=cfg.env.max_turns,
-        history=cfg.rollout.history,
+        prompt=PromptSpec.from_config(cfg.rollout),
         env_kwargs=cfg.env.kwargs,
         generator=torch.Generator().manual_seed(args.seed),
         record_behaviour=False,

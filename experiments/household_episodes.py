@@ -20,11 +20,13 @@ from empg.envs.checks import expert_episode
 from empg.eval.evaluate import eval_seeds
 from empg.policy import SamplingParams
 from empg.rollout.collect import collect
+from empg.rollout.prompts import PromptSpec
 from empg.rollout.types import RolloutResult, StepRecord
 
 ENV_ID = "household-v0"
 ENV_KWARGS = {"scene_size": "small", "expert": "systematic"}  # the quick start's env
 MAX_TURNS = 20
+QUICKSTART_PROMPT = PromptSpec(history=2, task_reminder=True)
 
 
 def play(
@@ -34,12 +36,13 @@ def play(
     split: str = "eval_in",
     sampling_seed: int = 0,
     temperature: float = 0.4,
-    task_reminder: bool = True,
+    prompt: PromptSpec = QUICKSTART_PROMPT,
     thoughts: str = "take_first",
 ) -> RolloutResult:
-    """The first ``episodes`` seeds of ``split`` played once each as the quick start evaluates them: history 2,
-    the response decoded under the admissible-action trie (jump-forward), T = ``temperature``, the sampling
-    generator seeded with ``sampling_seed``. The prompt options must be the ones the model was trained with."""
+    """The first ``episodes`` seeds of ``split`` played once each as the quick start evaluates them: prompts as
+    ``prompt`` renders them (default the quick start's: history 2, task reminder), the response decoded under the
+    admissible-action trie (jump-forward), T = ``temperature``, the sampling generator seeded with
+    ``sampling_seed``. The prompt options must be the ones the model was trained with."""
     return collect(
         policy,
         ENV_ID,
@@ -48,13 +51,12 @@ def play(
         split=split,
         sampling=SamplingParams(temperature=temperature, max_new_tokens=48, jump_forward=True),
         max_turns=MAX_TURNS,
-        history=2,
+        prompt=prompt,
         record_behaviour=False,
         generator=torch.Generator().manual_seed(sampling_seed),
         env_kwargs=ENV_KWARGS,
         constrain_actions=True,
         constrain_scope="response",
-        task_reminder=task_reminder,
         thoughts=thoughts,
     )
 

@@ -6,6 +6,7 @@ import pytest
 
 from empg.eval.evaluate import evaluate_policy, render_report
 from empg.policy import SamplingParams
+from empg.rollout.prompts import PromptSpec
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +70,8 @@ def test_evaluate_with_config_passes_every_run_setting(monkeypatch):
     )  # fmt: skip
     ev.evaluate_with_config("P", cfg, "train", 3, seed=5)
     ev.evaluate_with_config("P", cfg, "eval_in", 4, seed=6, greedy=True)
-    settings = dict(max_turns=7, history=1, env_kwargs={"scene_size": "small"}, train_pool=2,
-                    constrain_actions=True, constrain_scope="response", show_admissible=True,
-                    action_memory=0, task_reminder=False, thoughts="verb")  # fmt: skip
+    settings = dict(max_turns=7, prompt=PromptSpec(history=1), env_kwargs={"scene_size": "small"}, train_pool=2,
+                    constrain_actions=True, constrain_scope="response", thoughts="verb")  # fmt: skip
     sampled = SamplingParams(temperature=0.7, max_new_tokens=12, greedy=False)
     greedy = SamplingParams(temperature=0.7, max_new_tokens=12, greedy=True)
     assert calls == [

@@ -9,6 +9,7 @@ from empg.envs import TextEnv, TimeLimit, list_envs, spec
 from empg.policy import SamplingParams
 from empg.policy.hf import Generation
 from empg.rollout import action_token_mask, collect, collect_with_envs
+from empg.rollout.prompts import PromptSpec
 from empg.train.batch import StepBatch
 from empg.train.forward import response_logprobs
 
@@ -222,7 +223,7 @@ def test_task_reminder_ends_every_prompt_of_the_rollout_with_the_task(tiny):
     for reminder in (False, True):
         policy = _Recording(tiny.tokenizer, texts)
         env = TimeLimit(CountEnv(need=3), 6)
-        collect_with_envs(policy, [env], [0], env_id="count-v0", history=1, task_reminder=reminder)
+        collect_with_envs(policy, [env], [0], env_id="count-v0", prompt=PromptSpec(history=1, task_reminder=reminder))
         runs.append(policy.seen)
     plain, reminded = runs
     assert len(plain) == len(reminded) >= 3
@@ -231,10 +232,25 @@ def test_task_reminder_ends_every_prompt_of_the_rollout_with_the_task(tiny):
     assert reminded == [p + "\n" + task for p in plain]
 
 
+def test_done_marks_follow_the_actions_the_rollout_took(tiny):
+    texts = ["<action>wait</action>", "<action>look</action>", "<action>win</action>", "<action>win</action>"]
+    policy = _Recording(tiny.tokenizer, texts)
+    spec = PromptSpec(history=0, mark_done=True, format_hint=False)
+    collect_with_envs(policy, [TimeLimit(CountEnv(need=3), 6)], [0], env_id="count-v0", prompt=spec)
+    # the invalid 'look' is not admissible, so it marks nothing; history 0: only the marks remember 'wait'
+    assert [p.split("\n")[-1] for p in policy.seen] == [
+        "Admissible actions: 'wait', 'win'",
+        "Admissible actions: 'wait (done)', 'win'",
+        "Admissible actions: 'wait (done)', 'win'",
+        "Admissible actions: 'wait (done)', 'win (done)'",
+    ]
+
+
 def test_action_memory_lists_the_actions_before_the_history_window(tiny):
     texts = ["<action>wait</action>", "<action>wait</action>", "<action>look</action>", "<action>win</action>"]
     policy = _Recording(tiny.tokenizer, texts)
-    collect_with_envs(policy, [TimeLimit(CountEnv(need=3), 6)], [0], env_id="count-v0", history=1, action_memory=2)
+    spec = PromptSpec(history=1, action_memory=2)
+    collect_with_envs(policy, [TimeLimit(CountEnv(need=3), 6)], [0], env_id="count-v0", prompt=spec)
     # turn k's prompt: the action of step k-1 in the window, at most 2 earlier ones on the memory line
     assert [p.split("\n")[2] for p in policy.seen] == [
         "You have taken 0 step(s).",

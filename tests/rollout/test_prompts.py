@@ -3,10 +3,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from empg.rollout.prompts import (
+    DONE_MARK,
+    FORMAT,
+    PromptSpec,
     action_char_span,
     build_messages,
     expert_response,
     parse_action,
+    render_admissible,
     split_past,
     thought_templates,
 )
@@ -166,3 +170,90 @@ def test_take_first_thoughts_name_the_object_first_golden():
     assert len(verb) == len(first) and sum(a != b for a, b in zip(verb, first, strict=True)) == 1
     with pytest.raises(ValueError, match="take_first"):
         thought_templates("household", "object_first")
+
+
+# ----------------------------------------------------------------------------- PromptSpec and the admissible line
+ROOM = ["go to fridge 1", "go to countertop 2", "take apple 1 from countertop 1", "examine countertop 1", "look"]
+
+
+def test_grouped_admissible_golden():
+    assert render_admissible(ROOM, "grouped") == (
+        "Admissible actions: go to: fridge 1, countertop 2; take apple 1 from countertop 1; examine countertop 1; look"
+    )
+    assert render_admissible(["put pen 1 in/on desk 1", "put pen 1 in/on bed 1"], "grouped") == (
+        "Admissible actions: put pen 1 in/on: desk 1, bed 1"  # the longest common leading words, not only the verb
+    )
+    assert render_admissible(["go to a 1", "go to a 1 b"], "grouped") == "Admissible actions: go to a: 1, 1 b"
+    assert render_admissible(["look", "look at 1"], "grouped") == "Admissible actions: look; look at 1"
+    assert (
+        render_admissible(ROOM[:3], "grouped", max_shown=2)
+        == "Admissible actions: go to: fridge 1, countertop 2 ... and 1 more"
+    )
+
+
+def test_done_marks_golden_in_both_styles():
+    done = {"go to countertop 2", "look", "go to bed 1"}  # bed 1 is not admissible here: no mark anywhere
+    assert render_admissible(ROOM, "grouped", done=done) == (
+        "Admissible actions: go to: fridge 1, countertop 2 (done); take apple 1 from countertop 1; "
+        "examine countertop 1; look (done)"
+    )
+    assert render_admissible(ROOM[:2], done=done) == "Admissible actions: 'go to fridge 1', 'go to countertop 2 (done)'"
+    with pytest.raises(ValueError, match="list | grouped"):
+        render_admissible(ROOM, "table")
+
+
+def _ungroup(line: str) -> list[str]:
+    """Invert the grouped style: the actions it lists (each group's head joined to each of its items)."""
+    body = line.removeprefix("Admissible actions: ")
+    actions = []
+    for part in body.split("; "):
+        head, sep, rest = part.partition(": ")
+        actions.extend([f"{head} {item}" for item in rest.split(", ")] if sep else [part])
+    return actions
+
+
+WORD = st.sampled_from(["go", "to", "take", "put", "desk", "bed", "1", "2", "in/on", "from"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(WORD, min_size=1, max_size=5).map(" ".join), min_size=1, max_size=12, unique=True))
+def test_grouped_lists_exactly_the_admissible_actions(actions):
+    """Grouping loses no action and invents none (as a multiset), and keeps each action's group order."""
+    assert sorted(_ungroup(render_admissible(actions, "grouped"))) == sorted(actions)
+
+
+def test_default_spec_renders_the_prompts_the_shipped_warm_starts_read():
+    past = [("o1", "go to fridge 1"), ("o2", "open fridge 1"), ("o3", "go to countertop 2")]
+    for spec in (PromptSpec(), PromptSpec(history=1, action_memory=2, task_reminder=True)):
+        recent, memory = split_past(past, spec.history, spec.action_memory)
+        old = build_messages("household", "t.", "o4", recent, 3, ROOM, memory=memory, task_reminder=spec.task_reminder)
+        assert spec.messages("household", "t.", "o4", past, 3, ROOM) == old
+        assert "(done)" not in old[0]["content"] and FORMAT in old[0]["content"]
+
+
+def test_spec_without_format_hint_and_with_done_marks():
+    past = [("o1", "go to countertop 2"), ("o2", "look")]
+    spec = PromptSpec(history=1, admissible_style="grouped", format_hint=False, mark_done=True)
+    (msg,) = spec.messages("household", "t.", "o3", past, 2, ROOM)
+    lines = msg["content"].split("\n")
+    assert FORMAT not in lines and lines[-1] == render_admissible(ROOM, "grouped", done={"go to countertop 2", "look"})
+    assert msg["content"].count(DONE_MARK) == 2  # the window shows only "look", the marks cover the whole episode
+    (hidden,) = PromptSpec(show_admissible=False, mark_done=True).messages("household", "t.", "o3", past, 2, ROOM)
+    assert "Admissible" not in hidden["content"] and DONE_MARK not in hidden["content"]
+
+
+def test_spec_from_config_reads_every_prompt_field():
+    from empg.train.config import load_config
+
+    cfg = load_config(
+        None,
+        [
+            "rollout.history=1",
+            "rollout.admissible_style=grouped",
+            "rollout.format_hint=false",
+            "rollout.mark_done=true",
+        ],
+    )
+    assert PromptSpec.from_config(cfg.rollout) == PromptSpec(
+        history=1, admissible_style="grouped", format_hint=False, mark_done=True
+    )

@@ -96,6 +96,7 @@ def test_unknown_key_in_yaml(tmp_path):
         ("rollout.temperature=0", "rollout.temperature", "(0, 10]"),
         ("rollout.env_workers=-1", "rollout.env_workers", ">= 0"),
         ("rollout.action_memory=-1", "rollout.action_memory", ">= 0"),
+        ("rollout.admissible_style=table", "rollout.admissible_style", "list, grouped"),
         ("model.backend=tpu", "model.backend", "hf, vllm"),
         ("sft.noise=1", "sft.noise", "[0, 1)"),
         ("sft.schedule=exponential", "sft.schedule", "constant, cosine, linear"),

@@ -9,6 +9,7 @@ import pytest
 from empg.cli import main
 from empg.envs import make, split_seeds
 from empg.envs.checks import expert_episode
+from empg.rollout.prompts import PromptSpec, render_admissible
 from empg.train import sft
 from empg.train.sft import collect_demos, encode_response, sft_train
 
@@ -32,7 +33,7 @@ def test_demos_follow_the_expert_and_the_rollout_prompts(policy):
     from empg.rollout import prompts
 
     seeds = split_seeds("train", 2)
-    demos = collect_demos(policy, "household-v0", seeds, max_turns=20, history=2)
+    demos = collect_demos(policy, "household-v0", seeds, max_turns=20, prompt=PromptSpec(history=2))
     episodes = [_expert_episode(s, 20) for s in seeds]
     assert len(demos) == sum(len(ep) for _, ep in episodes)
     env, steps = episodes[0]
@@ -330,8 +331,8 @@ def test_sft_command_with_dagger_rounds(tmp_path, tiny_model_dir):
 
 def test_demos_with_task_reminder_end_each_prompt_with_the_task(policy):
     seeds = split_seeds("train", 1)
-    plain = collect_demos(policy, "household-v0", seeds, max_turns=20, history=1)
-    demos = collect_demos(policy, "household-v0", seeds, max_turns=20, history=1, task_reminder=True)
+    plain = collect_demos(policy, "household-v0", seeds, max_turns=20, prompt=PromptSpec(history=1))
+    demos = collect_demos(policy, "household-v0", seeds, max_turns=20, prompt=PromptSpec(history=1, task_reminder=True))
     assert len(demos) == len(plain) >= 4
     for demo, base in zip(demos, plain, strict=True):
         text, base_text = policy.tokenizer.decode(demo.prompt_ids), policy.tokenizer.decode(base.prompt_ids)
@@ -342,8 +343,8 @@ def test_demos_with_task_reminder_end_each_prompt_with_the_task(policy):
 
 def test_demos_with_action_memory_list_the_earlier_expert_actions(policy):
     seeds = split_seeds("train", 1)
-    plain = collect_demos(policy, "household-v0", seeds, max_turns=20, history=1)
-    demos = collect_demos(policy, "household-v0", seeds, max_turns=20, history=1, action_memory=3)
+    plain = collect_demos(policy, "household-v0", seeds, max_turns=20, prompt=PromptSpec(history=1))
+    demos = collect_demos(policy, "household-v0", seeds, max_turns=20, prompt=PromptSpec(history=1, action_memory=3))
     _, steps = _expert_episode(seeds[0], 20)
     actions = [a for _, _, a in steps]
     assert len(demos) == len(plain) == len(actions) >= 4
@@ -355,10 +356,32 @@ def test_demos_with_action_memory_list_the_earlier_expert_actions(policy):
         assert demo.response_ids == plain[i].response_ids
 
 
+def test_demos_with_done_marks_mark_the_expert_actions_already_taken(policy):
+    seeds = split_seeds("train", 2)
+    spec = PromptSpec(history=1, admissible_style="grouped", format_hint=False, mark_done=True)
+    plain = collect_demos(policy, "household-v0", seeds, max_turns=20, prompt=PromptSpec(history=1))
+    demos = collect_demos(policy, "household-v0", seeds, max_turns=20, prompt=spec)
+    assert [d.response_ids for d in demos] == [d.response_ids for d in plain]
+    marked = 0
+    for seed in seeds:
+        steps = _expert_episode(seed, 20)[1]
+        mine = [d for d in demos if d.seed == seed]
+        assert len(mine) == len(steps)
+        for i, (demo, (_, info, _)) in enumerate(zip(mine, steps, strict=True)):
+            done = {a for _, _, a in steps[:i]} & set(info["admissible_actions"])
+            text = policy.tokenizer.decode(demo.prompt_ids)
+            assert render_admissible(info["admissible_actions"], "grouped", done=done) in text
+            assert "First reason briefly" not in text
+            marked += len(done)
+    assert marked >= 2  # e.g. a receptacle searched, then passed again on the way to the task's target
+
+
 def test_demos_with_take_first_thoughts_change_only_the_take_responses(policy):
     seeds = split_seeds("train", 2)
-    plain = collect_demos(policy, "household-v0", seeds, max_turns=20, history=1)
-    demos = collect_demos(policy, "household-v0", seeds, max_turns=20, history=1, thoughts="take_first")
+    plain = collect_demos(policy, "household-v0", seeds, max_turns=20, prompt=PromptSpec(history=1))
+    demos = collect_demos(
+        policy, "household-v0", seeds, max_turns=20, prompt=PromptSpec(history=1), thoughts="take_first"
+    )
     assert len(demos) == len(plain)
     takes = 0
     for demo, base in zip(demos, plain, strict=True):

@@ -160,3 +160,12 @@ def test_a_warm_start_trained_on_other_prompts_is_refused_before_any_work(tmp_pa
             None, fast(run, tiny_model_dir, f"model.init={old}", "rollout.history=1", "rollout.thoughts=take_first")
         )
     assert e.value.field == "rollout.thoughts" and "rollout.thoughts='verb'" in e.value.fix
+    # ... and its prompts list the admissible actions quoted, end with the format hint and mark nothing done
+    for override, field in [
+        ("rollout.admissible_style=grouped", "admissible_style"),
+        ("rollout.format_hint=false", "format_hint"),
+        ("rollout.mark_done=true", "mark_done"),
+    ]:
+        with pytest.raises(ConfigError) as e:
+            load_config(None, fast(run, tiny_model_dir, f"model.init={old}", "rollout.history=1", override))
+        assert e.value.field == f"rollout.{field}"

@@ -18,6 +18,7 @@ from empg.envs import split_seeds
 from empg.eval.stats import SuccessStats, success_table
 from empg.policy.sampling import SamplingParams
 from empg.rollout import collect
+from empg.rollout.prompts import DEFAULT_PROMPT, PromptSpec
 
 EVAL_SAMPLING = SamplingParams(temperature=0.4)  # evaluate_policy's default: the presets' eval.temperature
 
@@ -96,15 +97,12 @@ def evaluate_policy(
     *,
     sampling: SamplingParams = EVAL_SAMPLING,
     max_turns: int | None = None,
-    history: int = 2,
+    prompt: PromptSpec = DEFAULT_PROMPT,
     seed: int = 0,
     env_kwargs: dict | None = None,
     train_pool: int | None = None,
     constrain_actions: bool = False,
     constrain_scope: str = "action",
-    show_admissible: bool = True,
-    action_memory: int = 0,
-    task_reminder: bool = False,
     thoughts: str = "verb",
 ) -> EvalReport:
     """Play the first ``episodes`` seeds of ``split`` once each and tabulate success (:func:`eval_seeds`).
@@ -115,15 +113,14 @@ def evaluate_policy(
         split: ``train`` | ``eval_in`` | ``eval_out``.
         episodes: number of seeds (fixed: ``split_seeds(split, episodes)``).
         sampling: generation settings (:class:`empg.policy.SamplingParams`; default T = 0.4).
-        max_turns, history: rollout settings.
+        max_turns: turn limit (default: the env's).
+        prompt: how the prompts show each step (:class:`empg.rollout.prompts.PromptSpec`, the ``rollout.*`` prompt
+            fields).
         seed: seeds the sampling generator (the same seed gives the same evaluation).
         env_kwargs: extra env constructor arguments.
         train_pool: the run's RL task pool (``env.train_pool``): a ``train`` evaluation plays only its tasks.
         constrain_actions, constrain_scope: decode actions under the admissible-action trie
             (``rollout.constrain_actions``, ``rollout.constrain_scope``).
-        show_admissible: list the admissible actions in the prompts (``rollout.show_admissible``).
-        action_memory: list that many earlier actions in the prompts (``rollout.action_memory``).
-        task_reminder: repeat the task as each prompt's last line (``rollout.task_reminder``).
         thoughts: style of the templated thoughts of constrained responses (``rollout.thoughts``).
     """
     seeds = eval_seeds(split, episodes, train_pool)
@@ -137,15 +134,12 @@ def evaluate_policy(
         split=split,
         sampling=sampling,
         max_turns=max_turns,
-        history=history,
+        prompt=prompt,
         record_behaviour=False,
         generator=generator,
         env_kwargs=env_kwargs,
         constrain_actions=constrain_actions,
         constrain_scope=constrain_scope,
-        show_admissible=show_admissible,
-        action_memory=action_memory,
-        task_reminder=task_reminder,
         thoughts=thoughts,
     )
     trajs = [t for t in result.trajectories if not t.failed]
@@ -181,15 +175,12 @@ def evaluate_with_config(
             jump_forward=cfg.rollout.jump_forward,
         ),
         max_turns=cfg.env.max_turns,
-        history=cfg.rollout.history,
+        prompt=PromptSpec.from_config(cfg.rollout),
         seed=seed,
         env_kwargs=cfg.env.kwargs,
         train_pool=cfg.env.train_pool,
         constrain_actions=cfg.rollout.constrain_actions,
         constrain_scope=cfg.rollout.constrain_scope,
-        show_admissible=cfg.rollout.show_admissible,
-        action_memory=cfg.rollout.action_memory,
-        task_reminder=cfg.rollout.task_reminder,
         thoughts=cfg.rollout.thoughts,
     )
 

@@ -39,6 +39,7 @@ from empg.envs import make
 from empg.policy.constrain import ActionConstraint
 from empg.policy.sampling import DEFAULT_SAMPLING, SamplingParams
 from empg.rollout import prompts
+from empg.rollout.prompts import DEFAULT_PROMPT
 from empg.rollout.types import RolloutResult, StepRecord, TrajectorySummary
 
 INVALID_ACTION = ""  # what the env receives for an unparsable response: no env carries out an empty command
@@ -71,16 +72,13 @@ def collect(
     split: str = "train",
     sampling: SamplingParams = DEFAULT_SAMPLING,
     max_turns: int | None = None,
-    history: int = 2,
+    prompt: prompts.PromptSpec = DEFAULT_PROMPT,
     record_behaviour: bool = True,
     generator: torch.Generator | None = None,
     env_kwargs: dict | None = None,
     progress: Callable[[int, int], None] | None = None,
     constrain_actions: bool = False,
     constrain_scope: str = "action",
-    show_admissible: bool = True,
-    action_memory: int = 0,
-    task_reminder: bool = False,
     thoughts: str = "verb",
 ) -> RolloutResult:
     """Roll out ``group_size`` copies of each task ``seeds[g]`` (group ``g``) in lock-step.
@@ -96,7 +94,8 @@ def collect(
         split: env split; seeds must belong to it.
         sampling: generation settings (:class:`empg.policy.SamplingParams`).
         max_turns: turn limit (default: the env's registered one).
-        history: number of past (observation, action) pairs shown in the prompt.
+        prompt: how each step's prompt shows the episode (:class:`empg.rollout.prompts.PromptSpec`: history window,
+            admissible actions and their style, action memory, task reminder, format hint, done marks).
         record_behaviour: fill ``StepRecord.old_logprobs``/``token_entropies`` from generation.
         generator: torch generator for sampling.
         env_kwargs: extra env constructor arguments.
@@ -106,10 +105,6 @@ def collect(
             ``stats["unconstrained_steps"]``.
         constrain_scope: ``"action"`` (the span after ``<action>``) or ``"response"`` (the whole response is one of
             the admissible actions' templated expert responses, thought included: :func:`action_constraint`).
-        show_admissible: list the admissible actions in the prompt (they still constrain decoding when hidden).
-        action_memory: also list the actions of up to this many steps before the ``history`` window on one line
-            (0: no such line; :func:`empg.rollout.prompts.split_past`).
-        task_reminder: repeat the task as the prompt's last line (:func:`empg.rollout.prompts.build_messages`).
         thoughts: style of the templated thoughts the ``"response"`` scope decodes
             (:func:`empg.rollout.prompts.thought_templates`).
     """
@@ -130,15 +125,12 @@ def collect(
             env_id=env_id,
             sampling=sampling,
             max_turns=max_turns,
-            history=history,
+            prompt=prompt,
             record_behaviour=record_behaviour,
             generator=generator,
             progress=progress,
             constrain_actions=constrain_actions,
             constrain_scope=constrain_scope,
-            show_admissible=show_admissible,
-            action_memory=action_memory,
-            task_reminder=task_reminder,
             thoughts=thoughts,
         )
     finally:
@@ -155,15 +147,12 @@ def collect_with_envs(
     env_id: str | None = None,
     sampling: SamplingParams = DEFAULT_SAMPLING,
     max_turns: int | None = None,
-    history: int = 2,
+    prompt: prompts.PromptSpec = DEFAULT_PROMPT,
     record_behaviour: bool = True,
     generator: torch.Generator | None = None,
     progress: Callable[[int, int], None] | None = None,
     constrain_actions: bool = False,
     constrain_scope: str = "action",
-    show_admissible: bool = True,
-    action_memory: int = 0,
-    task_reminder: bool = False,
     thoughts: str = "verb",
 ) -> RolloutResult:
     """Lock-step rollout over caller-built envs (one trajectory per env; ``envs[i]`` is reset with ``seeds[i]``).
@@ -189,9 +178,7 @@ def collect_with_envs(
     while live := [tr for tr in trajs if not tr.done]:
         if progress is not None:
             progress(turn, len(live))
-        prompt_ids = [
-            policy.chat_prompt_ids(_messages(tr, history, show_admissible, action_memory, task_reminder)) for tr in live
-        ]
+        prompt_ids = [policy.chat_prompt_ids(_messages(tr, prompt)) for tr in live]
         t0 = time.perf_counter()
         gens = policy.generate(
             prompt_ids,
@@ -237,21 +224,9 @@ def _reset(tr: _Traj) -> None:
         tr.info = {"error": repr(err)}
 
 
-def _messages(
-    tr: _Traj, history: int, show_admissible: bool = True, action_memory: int = 0, task_reminder: bool = False
-) -> list[dict]:
-    info = tr.info
-    recent, memory = prompts.split_past(tr.past, history, action_memory)
-    return prompts.build_messages(
-        getattr(tr.env, "family", "generic"),
-        tr.task,
-        tr.obs,
-        recent,
-        len(tr.steps),
-        info.get("admissible_actions") if show_admissible else None,
-        memory=memory,
-        task_reminder=task_reminder,
-    )
+def _messages(tr: _Traj, prompt: prompts.PromptSpec) -> list[dict]:
+    family = getattr(tr.env, "family", "generic")
+    return prompt.messages(family, tr.task, tr.obs, tr.past, len(tr.steps), tr.info.get("admissible_actions"))
 
 
 def _sent(gen: Any, action: str | None) -> str:

@@ -2,7 +2,9 @@
 
 The step prompt (one user message, in the spirit of verl-agent's templates) holds: the task, how many steps were
 taken, the last ``history`` (observation, action) pairs, the current observation, the admissible actions when the env
-lists them, and the required output format ``<think>…</think><action>…</action>``.
+lists them, and the required output format ``<think>…</think><action>…</action>``. :class:`PromptSpec` (the
+``rollout.*`` prompt fields) says how: the history window, an action memory line, the task again as the last line,
+the admissible actions quoted or grouped (:func:`render_admissible`), marks on those already taken, the format hint.
 
 Admissible lists can be long (ALFWorld rooms list dozens of ``go to``/``take`` actions): at most ``max_admissible``
 (default 50) are shown, in the env's order, followed by ``"… and K more"``; the env still accepts any valid action.
@@ -16,6 +18,9 @@ a span holding a second ``<action>`` (nested opening tag), give ``None``: the ro
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Any
 
 ACTION_RE = re.compile(r"<action>(.*?)</action>", re.DOTALL)
 ACTION_OPEN = "<action>"
@@ -37,6 +42,112 @@ FORMAT = (
 )
 
 
+ADMISSIBLE_STYLES = ("list", "grouped")
+DONE_MARK = " (done)"
+
+
+def render_admissible(
+    actions: list[str], style: str = "list", *, max_shown: int = 50, done: Collection[str] = ()
+) -> str:
+    """The prompt's line of admissible actions.
+
+    ``"list"``: each action quoted, comma-separated (the shipped warm starts read this). ``"grouped"``: actions that
+    share a first word form one group, written once as their longest common leading words, ``":"``, then the rest of
+    each (``go to: cabinet 1, drawer 2``); groups in order of first appearance, separated by ``"; "``; a group of one,
+    or one with a one-word member, is written as its whole actions. Unambiguous for actions without ``", "``,
+    ``"; "`` or ``": "`` (the household and shop envs' actions). About 30 % fewer household tokens than ``"list"``
+    (70 vs 99 a step), with the same actions. Actions in ``done`` (taken earlier in the episode,
+    :attr:`PromptSpec.mark_done`) carry :data:`DONE_MARK` in either style.
+
+    >>> actions = ["go to desk 1", "go to bed 1", "take pen 1 from desk 1", "look"]
+    >>> render_admissible(actions, "grouped", done={"go to bed 1"})
+    'Admissible actions: go to: desk 1, bed 1 (done); take pen 1 from desk 1; look'
+    >>> render_admissible(["go to desk 1", "look"], done={"look"})
+    "Admissible actions: 'go to desk 1', 'look (done)'"
+    """
+    if style not in ADMISSIBLE_STYLES:
+        raise ValueError(f"unknown admissible style {style!r}; use {' | '.join(ADMISSIBLE_STYLES)}")
+    shown = actions[:max_shown]
+    more = f" ... and {len(actions) - len(shown)} more" if len(actions) > len(shown) else ""
+
+    def mark(text: str, action: str) -> str:
+        return text + DONE_MARK if action in done else text
+
+    if style == "list":
+        return "Admissible actions: " + ", ".join(f"'{mark(a, a)}'" for a in shown) + more
+    groups: dict[str, list[list[str]]] = {}
+    for action in shown:
+        words = action.split()
+        groups.setdefault(words[0] if words else "", []).append(words)
+    parts = []
+    for group in groups.values():
+        if len(group) == 1 or min(map(len, group)) == 1:  # a one-word member ('look') would leave an empty item
+            parts.extend(mark(" ".join(w), " ".join(w)) for w in group)
+            continue
+        k = 1  # the group's common leading words, leaving every member at least one word of its own
+        while all(len(w) > k + 1 and w[k] == group[0][k] for w in group):
+            k += 1
+        rest = ", ".join(mark(" ".join(w[k:]), " ".join(w)) for w in group)
+        parts.append(f"{' '.join(group[0][:k])}: {rest}")
+    return "Admissible actions: " + "; ".join(parts) + more
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """How a step's prompt shows its content (the ``rollout.*`` prompt fields); the env supplies the content.
+
+    SFT demos, rollouts and evaluation render prompts from one spec, and a warm start records the spec it was trained
+    on (``config._check_init`` refuses a run whose spec differs).
+
+    Attributes:
+        history: past (observation, action) pairs shown in full.
+        show_admissible: list the step's admissible actions.
+        action_memory: also list the actions of up to this many steps before the ``history`` window.
+        task_reminder: repeat the task as the last line.
+        admissible_style: ``"list"`` | ``"grouped"`` (:func:`render_admissible`).
+        format_hint: end with the output-format instruction (:data:`FORMAT`); under constrained decoding of the
+            whole response the format is forced and the hint is ~35 tokens of every household prompt.
+        mark_done: mark the admissible actions already taken earlier in the episode (:data:`DONE_MARK`), so a
+            policy with a short ``history`` can tell the places it has searched from the ones it has not.
+    """
+
+    history: int = 2
+    show_admissible: bool = True
+    action_memory: int = 0
+    task_reminder: bool = False
+    admissible_style: str = "list"
+    format_hint: bool = True
+    mark_done: bool = False
+
+    @classmethod
+    def from_config(cls, rollout: Any) -> PromptSpec:
+        """The spec of a ``RolloutConfig`` (``cfg.rollout``)."""
+        return cls(**{name: getattr(rollout, name) for name in cls.__dataclass_fields__})
+
+    def messages(
+        self, family: str, task: str, obs: str, past: list[tuple[str, str]], step: int, admissible: list[str] | None
+    ) -> list[dict]:
+        """:func:`build_messages` for a step whose episode so far is ``past`` (all its (observation, action)
+        pairs, oldest first) and whose env lists ``admissible`` (None: it lists none)."""
+        recent, memory = split_past(past, self.history, self.action_memory)
+        return build_messages(
+            family,
+            task,
+            obs,
+            recent,
+            step,
+            admissible if self.show_admissible else None,
+            memory=memory,
+            task_reminder=self.task_reminder,
+            admissible_style=self.admissible_style,
+            format_hint=self.format_hint,
+            done={a for _, a in past} if self.mark_done else (),
+        )
+
+
+DEFAULT_PROMPT = PromptSpec()
+
+
 def build_messages(
     family: str,
     task: str,
@@ -48,6 +159,9 @@ def build_messages(
     max_admissible: int = 50,
     memory: list[str] | None = None,
     task_reminder: bool = False,
+    admissible_style: str = "list",
+    format_hint: bool = True,
+    done: Collection[str] = (),
 ) -> list[dict]:
     """Chat messages of one ReAct step (a single user message).
 
@@ -65,6 +179,9 @@ def build_messages(
         task_reminder: repeat the task as the last line (``rollout.task_reminder``), right where the response starts,
             so that a small model choosing an action has the task's object and receptacle words next to it rather
             than a few hundred tokens back; False: the prompt is exactly the one without this option.
+        admissible_style: how the admissible actions are written (:func:`render_admissible`).
+        format_hint: end with the output-format instruction :data:`FORMAT` (False: no such line).
+        done: actions taken earlier in the episode, marked where admissible (:func:`render_admissible`).
 
     Returns:
         ``[{"role": "user", "content": text}]``.
@@ -84,10 +201,9 @@ def build_messages(
             lines.append(f"[Observation {first + i}: {past_obs.strip()}]\n[Action {first + i}: {past_action.strip()}]")
     lines.append(f"Current observation (step {step + 1}): {obs.strip()}")
     if admissible is not None:
-        shown = admissible[:max_admissible]
-        more = f" ... and {len(admissible) - len(shown)} more" if len(admissible) > len(shown) else ""
-        lines.append("Admissible actions: " + ", ".join(f"'{a}'" for a in shown) + more)
-    lines.append(FORMAT)
+        lines.append(render_admissible(admissible, admissible_style, max_shown=max_admissible, done=done))
+    if format_hint:
+        lines.append(FORMAT)
     if task_reminder:
         lines.append(f"Your task is to: {task.strip()}")
     return [{"role": "user", "content": "\n".join(lines)}]

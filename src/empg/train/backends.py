@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from empg.policy.sampling import SamplingParams
+from empg.rollout.prompts import PromptSpec
 from empg.train.config import TrainConfig
 
 
@@ -42,14 +43,11 @@ def rollout_settings(
             jump_forward=cfg.rollout.jump_forward,
         ),
         "max_turns": cfg.env.max_turns,
-        "history": cfg.rollout.history,
+        "prompt": PromptSpec.from_config(cfg.rollout),
         "record_behaviour": record_behaviour,
         "generator": generator,
         "constrain_actions": cfg.rollout.constrain_actions,
         "constrain_scope": cfg.rollout.constrain_scope,
-        "show_admissible": cfg.rollout.show_admissible,
-        "action_memory": cfg.rollout.action_memory,
-        "task_reminder": cfg.rollout.task_reminder,
         "thoughts": cfg.rollout.thoughts,
     }
 

@@ -268,8 +268,18 @@ PROMPT_FIELDS = (
     "show_admissible",
     "task_reminder",
     "thoughts",
+    "admissible_style",
+    "format_hint",
+    "mark_done",
 )  # what a step's prompt shows and how its templated response reads, besides the env
-PROMPT_DEFAULTS = {"action_memory": 0, "task_reminder": False, "thoughts": "verb"}  # manifests older than the field
+PROMPT_DEFAULTS = {
+    "action_memory": 0,
+    "task_reminder": False,
+    "thoughts": "verb",
+    "admissible_style": "list",
+    "format_hint": True,
+    "mark_done": False,
+}  # manifests older than the field
 
 
 def _check_init(init: str, cfg: TrainConfig) -> None:

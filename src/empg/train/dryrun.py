@@ -27,7 +27,7 @@ from typing import Any
 from empg.envs import make, split_seeds
 from empg.policy.hf import SMOLLM_SPEC, TINY_SPECS, default_cache_dir
 from empg.policy.tiny import PRESETS
-from empg.rollout.prompts import build_messages
+from empg.rollout.prompts import PromptSpec
 from empg.train.config import TrainConfig
 from empg.train.distributed import check_single_process_options
 from empg.train.warmstart import resolve
@@ -321,14 +321,9 @@ def first_prompt(cfg: TrainConfig) -> tuple[list[dict], str, int, int]:
     try:
         obs, info = env.reset(seed=split_seeds("train", 1)[0])
         admissible = info.get("admissible_actions")
-        messages = build_messages(
-            getattr(env, "family", "generic"),
-            str(info.get("task", "")),
-            obs,
-            [],
-            0,
-            admissible if cfg.rollout.show_admissible else None,
-            task_reminder=cfg.rollout.task_reminder,
+        family = getattr(env, "family", "generic")
+        messages = PromptSpec.from_config(cfg.rollout).messages(
+            family, str(info.get("task", "")), obs, [], 0, admissible
         )
         return messages, obs, int(env.max_turns), len(admissible or [])
     finally:

@@ -41,6 +41,7 @@ from empg.policy.sampling import SamplingParams
 from empg.rollout import collect, prompts
 from empg.rollout.collect import INVALID_ACTION
 from empg.rollout.corpus import env_corpus
+from empg.rollout.prompts import DEFAULT_PROMPT, PromptSpec
 from empg.rollout.types import StepRecord
 from empg.train import checkpoint as ckpt
 from empg.train.batch import sft_batch
@@ -69,17 +70,15 @@ def collect_demos(
     seeds: list[int],
     *,
     max_turns: int | None = None,
-    history: int = 2,
+    prompt: PromptSpec = DEFAULT_PROMPT,
     split: str = "train",
     env_kwargs: dict | None = None,
     noise: float = 0.0,
     invalid_noise: float = 0.0,
-    show_admissible: bool = True,
-    action_memory: int = 0,
-    task_reminder: bool = False,
     thoughts: str = "verb",
 ) -> list[Demo]:
-    """Expert episodes on ``seeds`` rendered as (prompt, response) token pairs with the rollout's prompt code.
+    """Expert episodes on ``seeds`` rendered as (prompt, response) token pairs with the rollout's prompt code
+    (``prompt``: :class:`empg.rollout.prompts.PromptSpec`, as the rollouts will show each step).
 
     With ``noise > 0`` each step executes, with that probability, a random admissible action other than the expert's
     (DART, Laskey et al. 2017): the perturbed step is shown in later prompts' history but is not a training target;
@@ -112,11 +111,7 @@ def collect_demos(
             if executed is not None:
                 action = executed
             else:
-                listed = admissible if show_admissible else None  # as the rollout shows it
-                recent, memory = prompts.split_past(past, history, action_memory)
-                messages = prompts.build_messages(
-                    env.family, info["task"], obs, recent, step, listed, memory=memory, task_reminder=task_reminder
-                )
+                messages = prompt.messages(env.family, info["task"], obs, past, step, admissible)  # as the rollout
                 text = prompts.expert_response(env.family, action, thoughts)
                 demos.append(
                     Demo(policy.chat_prompt_ids(messages), encode_response(policy, text), info["task_type"], seed)
@@ -345,13 +340,10 @@ def run_sft(policy: Policy, cfg: TrainConfig, run_dir: Path, *, console: Any = N
         cfg.env.id,
         seeds,
         max_turns=cfg.env.max_turns,
-        history=cfg.rollout.history,
+        prompt=PromptSpec.from_config(cfg.rollout),
         env_kwargs=cfg.env.kwargs,
         noise=cfg.sft.noise,
         invalid_noise=cfg.sft.invalid_noise,
-        show_admissible=cfg.rollout.show_admissible,
-        action_memory=cfg.rollout.action_memory,
-        task_reminder=cfg.rollout.task_reminder,
         thoughts=cfg.rollout.thoughts,
     )
     t_demos = time.perf_counter() - t0
@@ -434,15 +426,12 @@ def _dagger(policy: Policy, cfg: TrainConfig, demos: list[Demo], console: Any, r
                 jump_forward=cfg.rollout.jump_forward,
             ),
             max_turns=cfg.env.max_turns,
-            history=cfg.rollout.history,
+            prompt=PromptSpec.from_config(cfg.rollout),
             record_behaviour=False,
             generator=torch.Generator().manual_seed(cfg.seed * 7919 + r),
             env_kwargs=cfg.env.kwargs,
             constrain_actions=cfg.rollout.constrain_actions,
             constrain_scope=cfg.rollout.constrain_scope,
-            show_admissible=cfg.rollout.show_admissible,
-            action_memory=cfg.rollout.action_memory,
-            task_reminder=cfg.rollout.task_reminder,
             thoughts=cfg.rollout.thoughts,
         )
         labelled = expert_labels(
