@@ -28,6 +28,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from empg.envs import list_envs, make, split_seeds
+from empg.rollout.prompts import DEFAULT_PROMPT, PromptSpec
 from empg.train.schema import (
     CHOICES,
     AlgoConfig,
@@ -262,24 +263,15 @@ def validate(cfg: TrainConfig, *, extras: bool = True) -> TrainConfig:
     return cfg
 
 
-PROMPT_FIELDS = (
-    "history",
-    "action_memory",
-    "show_admissible",
-    "task_reminder",
-    "thoughts",
-    "admissible_style",
-    "format_hint",
-    "mark_done",
-)  # what a step's prompt shows and how its templated response reads, besides the env
+PROMPT_FIELDS = (*PromptSpec.__dataclass_fields__, "thoughts")  # what a step's prompt shows and how its templated
+# response reads, besides the env; a manifest older than a field reads its default (history and show_admissible were
+# recorded from the start, so they are not defaulted)
 PROMPT_DEFAULTS = {
-    "action_memory": 0,
-    "task_reminder": False,
+    **{
+        name: getattr(DEFAULT_PROMPT, name) for name in PROMPT_FIELDS[:-1] if name not in ("history", "show_admissible")
+    },
     "thoughts": "verb",
-    "admissible_style": "list",
-    "format_hint": True,
-    "mark_done": False,
-}  # manifests older than the field
+}
 
 
 def _check_init(init: str, cfg: TrainConfig) -> None:
