@@ -378,11 +378,14 @@ def test_merged_duplicate_rows_give_the_unmerged_loss_and_gradient(tmp_path, tin
     batch.advantages = advantage.to_tokens(torch.tensor([1.0, -0.5, 2.0, 0.7, -0.3, -1.2]), batch.response_mask)
     ref = batch.old_logprobs - 0.05 * batch.response_mask  # a reference model that differs: a non-zero KL term
 
-    merged, counts, first = batch.merge_duplicates()
-    assert first.tolist() == [0, 1, 2] and counts.tolist() == [3.0, 2.0, 1.0]
+    merged, first = batch.merge_duplicates()
+    assert first.tolist() == [0, 1, 2] and merged.row_weight.tolist() == [3.0, 2.0, 1.0]
     row_pos = (merged.advantages * merged.response_mask).amax(-1)
     row_neg = (merged.advantages_neg * merged.response_mask).amin(-1)
     assert row_pos.tolist() == pytest.approx([1.7, 0.0, 2.0]) and row_neg.tolist() == pytest.approx([-0.3, -1.7, 0.0])
+    again, again_first = merged.merge_duplicates()  # merging a merged batch keeps what each row stands for
+    assert again_first.tolist() == [0, 1, 2] and again.row_weight.tolist() == [3.0, 2.0, 1.0]
+    torch.testing.assert_close(again.advantages_neg, merged.advantages_neg)
 
     plain, g_plain = _update_once(
         load_config(None, fast(tmp_path / "b", tiny_model_dir, *common, "optim.merge_duplicates=false")), batch, ref
@@ -402,8 +405,8 @@ def test_merge_duplicates_without_duplicates_is_the_identity(tmp_path, tiny_mode
     batch = rl.pack_steps(run.policy, steps)
     batch.advantages = advantage.to_tokens(torch.linspace(-1, 1, batch.batch_size), batch.response_mask)
     distinct = {tuple(r.tolist()) for r in batch.input_ids}
-    merged, counts, first = batch.merge_duplicates()
-    assert len(merged) == len(distinct) and float(counts.sum()) == batch.batch_size
+    merged, first = batch.merge_duplicates()
+    assert len(merged) == len(distinct) and float(merged.row_weight.sum()) == batch.batch_size
     if len(distinct) == batch.batch_size:
         assert first.tolist() == list(range(batch.batch_size))
         torch.testing.assert_close(merged.advantages + merged.advantages_neg, batch.advantages)

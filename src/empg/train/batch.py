@@ -41,6 +41,8 @@ class StepBatch:
             None when no row was constrained.
         advantages_neg: (B, L) float or None. Set by :meth:`merge_duplicates` only: the summed negative advantages of
             the rows merged into each row, whose ``advantages`` then hold the summed positive ones.
+        row_weight: (B,) float or None. Set by :meth:`merge_duplicates` only: how many rows each row stands for, the
+            weight of its KL and entropy terms and of its tokens in the loss denominators.
     """
 
     input_ids: Tensor
@@ -58,6 +60,7 @@ class StepBatch:
     token_renyi2: Tensor | None = None
     allowed: Tensor | None = None
     advantages_neg: Tensor | None = None
+    row_weight: Tensor | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -109,7 +112,7 @@ class StepBatch:
             raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
         return [self.select(i) for i in torch.arange(self.batch_size).split(micro_batch_size)]
 
-    def merge_duplicates(self) -> tuple[StepBatch, Tensor, Tensor]:
+    def merge_duplicates(self) -> tuple[StepBatch, Tensor]:
         """Rows with the same tokens, masks and allowed sets merged into one row each.
 
         In a GRPO group several rollouts often take the same step from the same state (the first turns, or a
@@ -118,12 +121,13 @@ class StepBatch:
         homogeneous in ``A`` for a fixed sign of ``A``; so the rows' surrogates add up to that of one row whose
         positive advantages are summed in ``advantages`` and negative ones in ``advantages_neg`` (both passed to
         :func:`empg.algos.losses.policy_loss`). Terms without ``A`` (KL, entropy) and the loss denominators must
-        weight the merged row by its count (:func:`empg.train.rl.update_phase` does both). Behaviour log-probs of
-        duplicates differ only by float noise from batching; the first row's are kept.
+        weight the merged row by its count, ``row_weight`` (:func:`empg.train.rl.update_phase` does both). Behaviour
+        log-probs of duplicates differ only by float noise from batching; the first row's are kept.
 
         Returns:
-            (merged batch ``B' <= B`` rows in order of first appearance, with ``advantages_neg`` set; counts (B',)
-            float: rows merged into each; first (B',) long: the index in this batch of each one's first row).
+            (merged batch ``B' <= B`` rows in order of first appearance, with ``advantages_neg`` and ``row_weight``
+            (the rows each stands for; summed when this batch was merged already) set; first (B',) long: the index in
+            this batch of each one's first row).
         """
         keys: dict[bytes, int] = {}
         slot = []
@@ -142,9 +146,9 @@ class StepBatch:
             pos, neg = self.advantages, self.advantages_neg
         zeros = torch.zeros_like(merged.advantages)
         merged.advantages, merged.advantages_neg = zeros.index_add(0, index, pos), zeros.index_add(0, index, neg)
-        counts = torch.zeros(len(keys), dtype=torch.float32, device=index.device)
-        counts.index_add_(0, index, torch.ones(self.batch_size, device=index.device))
-        return merged, counts, first
+        own = self.row_weight if self.row_weight is not None else torch.ones(self.batch_size, device=index.device)
+        merged.row_weight = torch.zeros(len(keys), dtype=torch.float32, device=index.device).index_add(0, index, own)
+        return merged, first
 
     def to(self, device: str | torch.device) -> StepBatch:
         return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self) if _is_t(self, f)})

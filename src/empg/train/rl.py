@@ -571,9 +571,8 @@ def update_phase(run: Run, batch: StepBatch, ref_logp: torch.Tensor | None, it: 
     params = [p for p in model.parameters() if p.requires_grad]
     gen = generator_for(cfg.seed, it, "shuffle")
     n_before = int(batch.response_mask.shape[0])
-    weight = None  # optim.merge_duplicates: rows each merged row stands for
-    if cfg.optim.merge_duplicates:
-        batch, weight, first = batch.merge_duplicates()
+    if cfg.optim.merge_duplicates:  # rows each merged row stands for: batch.row_weight
+        batch, first = batch.merge_duplicates()
         ref_logp = ref_logp[first] if ref_logp is not None else None
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
@@ -588,7 +587,7 @@ def update_phase(run: Run, batch: StepBatch, ref_logp: torch.Tensor | None, it: 
     for epoch in range(cfg.algo.ppo_epochs):
         perm = torch.randperm(n_rows, generator=gen)
         for k, mini_idx in enumerate(torch.tensor_split(perm, n_mini)):
-            denom = reduce.sum(_denominator(cfg, batch.response_mask[mini_idx], _rows(weight, mini_idx)))
+            denom = reduce.sum(_denominator(cfg, batch, mini_idx))
             opt.zero_grad(set_to_none=True)
             micros = [m for m in torch.split(by_length(batch, mini_idx), cfg.optim.micro_batch_size) if m.numel() > 0]
             passes = reduce.max(len(micros)) if reduce.lockstep else len(micros)  # agreed before any pass
@@ -596,7 +595,7 @@ def update_phase(run: Run, batch: StepBatch, ref_logp: torch.Tensor | None, it: 
             drift = _DriftStats(add, epoch, epoch == 0 and k == 0, cfg.algo.ppo_epochs > 1, ratios)
             for i in range(passes):  # no micro-batch only on a process whose shard is empty
                 if i < len(micros):
-                    _micro_backward(run, batch, micros[i], ref_logp, denom, it, drift, _rows(weight, micros[i]))
+                    _micro_backward(run, batch, micros[i], ref_logp, denom, it, drift)
                 else:
                     _idle_backward(model)
             reduce.grads(params)  # Σ over processes of Σ_local / global denominator = the full-batch gradient
@@ -618,13 +617,9 @@ def update_phase(run: Run, batch: StepBatch, ref_logp: torch.Tensor | None, it: 
         if values:
             out[key] = pick(values)
     out["optim/steps"] = float(optimizer_steps(opt))
-    if weight is not None:  # rows computed / rows in the batch (this process's)
+    if batch.row_weight is not None:  # rows computed / rows in the batch (this process's)
         out["update/distinct_rows"] = n_rows / max(n_before, 1)
     return out
-
-
-def _rows(weight: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor | None:
-    return None if weight is None else weight[idx]
 
 
 DRIFT_KEYS = ("actor/approx_kl", "actor/clipfrac", "actor/clipfrac_low", "actor/clipfrac_high", "actor/dual_clipfrac")
@@ -678,14 +673,14 @@ def _micro_backward(
     denom: float,
     it: int,
     add: _DriftStats,
-    weight: torch.Tensor | None = None,
 ) -> None:
     """Loss of micro-batch ``idx`` (normalised by the mini-batch ``denom``), NaN guard, backward; metrics to ``add``.
 
-    ``weight`` (b,): rows each merged row stands for (:meth:`StepBatch.merge_duplicates`); the KL and entropy
-    terms are weighted by it, the policy-gradient term already carries it in its summed advantages."""
+    Merged rows (:meth:`StepBatch.merge_duplicates`) weight the KL and entropy terms by ``row_weight``, the rows each
+    stands for; the policy-gradient term already carries it in its summed advantages."""
     cfg = run.cfg
     micro = batch.select(idx)
+    weight = micro.row_weight
     need_ent = cfg.algo.entropy_coef > 0
     logp, ent = response_logprobs(run.trained_model, micro, temperature=cfg.rollout.temperature, with_entropy=need_ent)
     mask = micro.response_mask
@@ -729,10 +724,11 @@ def _weighted(values: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor
     return values if weight is None else values * weight.to(values.dtype).unsqueeze(-1)
 
 
-def _denominator(cfg: TrainConfig, mask: torch.Tensor, weight: torch.Tensor | None = None) -> float:
-    """Global normaliser of a mini-batch (mask (b, L); weight (b,) rows per merged row) so micro-batch losses add up
-    to the mini-batch loss: its token count for token-mean, its row count otherwise."""
-    w = torch.ones(mask.shape[0]) if weight is None else weight.cpu().float()
+def _denominator(cfg: TrainConfig, batch: StepBatch, rows: torch.Tensor) -> float:
+    """Global normaliser of the mini-batch ``rows`` (b,) so micro-batch losses add up to the mini-batch loss: its
+    token count for token-mean, its row count otherwise (merged rows count ``row_weight`` times)."""
+    mask = batch.response_mask[rows]
+    w = torch.ones(mask.shape[0]) if batch.row_weight is None else batch.row_weight[rows].cpu().float()
     if cfg.algo.loss_agg == "token-mean":
         return float(((mask != 0).sum(-1).cpu().float() * w).sum())
     return float(w.sum())
