@@ -5,7 +5,8 @@
 For each run: the first and the last full evaluation of ``--split`` (``eval/<split>_iter_XXXX.json``; an SFT-only run's
 ``sft.json``), each with its 95 % Wilson interval, and the paired end - start difference with a 95 % bootstrap
 interval over the seeds both played (:func:`empg.eval.stats.paired_difference`). With ``--against``, each run's last
-evaluation is also compared with that run's last one (e.g. RL vs SFT given the same wall time). Prints Markdown.
+evaluation is also compared with that run's last one (e.g. RL vs SFT given the same wall time), or with an evaluation
+file (``empg eval``'s ``eval/cli/*.json``, e.g. the other model at this run's sampling seed). Prints Markdown.
 """
 
 from __future__ import annotations
@@ -41,7 +42,11 @@ def main() -> None:
     ap.add_argument("--split", default="eval_in")
     ap.add_argument("--against", type=Path, default=None)
     args = ap.parse_args()
-    other = evaluations(args.against, args.split)[-1] if args.against else None
+    other = None
+    if args.against is not None and args.against.is_file():
+        other = (args.against.stem, EvalReport.from_dict(json.loads(args.against.read_text())))
+    elif args.against is not None:
+        other = evaluations(args.against, args.split)[-1]
     print(f"| run | {args.split} start | end | end - start (paired) |" + (" end - other |" if other else ""))
     print("| --- | --- | --- | --- |" + (" --- |" if other else ""))
     for run in args.runs:
